@@ -1,0 +1,534 @@
+"""Pooled TCP (or unix socket) connections to a line-protocol server: the Twisted shell.
+
+All protocol knowledge lives in the sans-IO core (framing Decoder, ReplyReader); this module
+only moves bytes, keeps connections, and enforces the one rule that protects callers from
+each other: a connection is never reused in an unknown state. After UNKNOWN, a timeout, a
+framing or bound error, or bytes arriving while nothing is outstanding, it is closed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TxProtocol
+from twisted.python.failure import Failure
+
+from .. import metrics
+from ..logs import log
+from ..mapping.errors import CallError, Code, quote_raw
+from ..mapping.framing import Decoder, Framing, FramingError, encode_frame
+
+
+class Reader(Protocol):
+    def pump(self, decoder: Decoder) -> Any | None: ...
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    send: bytes  # already framed
+    expect: re.Pattern[str]
+    every: float
+
+
+@dataclass(frozen=True)
+class LineSpec:
+    """A line backend as the shell needs it, built once from config (see compile.py)."""
+
+    name: str
+    address: str
+    framing: Framing
+    encoding: str
+    mode: str = "pooled"  # pooled | per-call
+    banner: re.Pattern[str] | None = None
+    on_connect: tuple[tuple[bytes, re.Pattern[str] | None], ...] = ()
+    pool_size: int = 4
+    pipeline: int = 1
+    max_waiting: int = 1000
+    idle_timeout: float | None = None
+    max_age: float | None = None
+    keepalive: bool = True
+    timeout: float = 2.0
+    connect_timeout: float = 1.0
+    max_line_bytes: int = 65536
+    probe: ProbeSpec | None = None
+
+
+class ExpectReader:
+    """Reads one frame and tests it with re.search: banners, on_connect and probes."""
+
+    def __init__(self, pattern: re.Pattern[str] | None, encoding: str, what: str) -> None:
+        self.pattern = pattern
+        self.encoding = encoding
+        self.what = what
+
+    def pump(self, decoder: Decoder) -> Any | None:
+        frame = decoder.next_frame()
+        if frame is None:
+            return None
+        text = frame.decode(self.encoding, "replace")
+        if self.pattern is not None and self.pattern.search(text) is None:
+            raise CallError(
+                Code.UNAVAILABLE, f"{self.what}: unexpected reply {quote_raw(text)}", reusable=False
+            )
+        return text
+
+
+class Call:
+    __slots__ = (
+        "data", "reader", "deferred", "idempotent", "retried", "timer", "got_bytes", "started", "conn",
+    )
+
+    def __init__(self, data: bytes, reader: Reader, idempotent: bool) -> None:
+        self.data = data
+        self.reader = reader
+        self.deferred: defer.Deferred[Any] = defer.Deferred()
+        self.idempotent = idempotent
+        self.retried = False
+        self.timer: Any = None
+        self.got_bytes = False
+        self.started = time.monotonic()
+        self.conn: LegacyConnection | None = None
+
+    def finish(self, result: Any) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if not self.deferred.called:
+            self.deferred.callback(result)
+
+    def fail(self, err: CallError) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if not self.deferred.called:
+            self.deferred.errback(Failure(err))
+
+
+class LegacyConnection(TxProtocol):
+    def __init__(self, pool: LinePool) -> None:
+        self.pool = pool
+        spec = pool.spec
+        self.decoder = Decoder(spec.framing, spec.max_line_bytes)
+        self.inflight: deque[Call] = deque()
+        self.handshake: deque[tuple[str, Any]] = deque()
+        if spec.banner is not None:
+            self.handshake.append(("expect", ExpectReader(spec.banner, spec.encoding, "banner")))
+        for frame, expect in spec.on_connect:
+            self.handshake.append(("send", frame))
+            self.handshake.append(("expect", ExpectReader(expect, spec.encoding, "on_connect")))
+        self.ready = False
+        self.closed = False
+        self.born = time.monotonic()
+        self.last_used = self.born
+        self.ready_deferred: defer.Deferred[LegacyConnection] = defer.Deferred()
+        self.handshake_timer: Any = None
+
+    # -- Twisted callbacks -----------------------------------------------------------------
+    def connectionMade(self) -> None:
+        if self.pool.spec.keepalive and hasattr(self.transport, "setTcpKeepAlive"):
+            try:
+                self.transport.setTcpKeepAlive(1)  # type: ignore[union-attr]
+            except OSError:
+                pass
+        if self.handshake:
+            self.handshake_timer = self.pool.reactor.callLater(
+                self.pool.spec.connect_timeout + self.pool.spec.timeout, self._handshake_timeout
+            )
+        self._advance_handshake()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.decoder.feed(data)
+        try:
+            if not self.ready:
+                self._advance_handshake()
+                if not self.ready:
+                    return
+            done_any = False
+            while self.inflight:
+                call = self.inflight[0]
+                if self.decoder.pending():
+                    call.got_bytes = True
+                try:
+                    result = call.reader.pump(self.decoder)
+                except CallError as e:
+                    self.inflight.popleft()
+                    self.pool.record(call, e)
+                    call.fail(e)
+                    if not e.reusable:
+                        self.abort(f"call failed with {e.code.name}")
+                        return
+                    done_any = True
+                    continue
+                if result is None:
+                    break
+                self.inflight.popleft()
+                self.pool.record(call, None)
+                call.finish(result)
+                done_any = True
+            if not self.inflight and self.decoder.pending():
+                self.abort("unsolicited bytes from backend while no call was outstanding")
+                return
+            if done_any:
+                self.pool.connection_free(self)
+        except FramingError as e:
+            self.abort(f"framing error: {e}")
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError("lost"))) -> None:
+        self.closed = True
+        if self.handshake_timer is not None and self.handshake_timer.active():
+            self.handshake_timer.cancel()
+        calls = list(self.inflight)
+        self.inflight.clear()
+        if not self.ready_deferred.called:
+            self.ready_deferred.errback(
+                Failure(CallError(Code.UNAVAILABLE, f"backend {self.pool.spec.name} closed the connection during login"))
+            )
+        self.pool.connection_lost(self, calls)
+
+    # -- handshake -------------------------------------------------------------------------
+    def _advance_handshake(self) -> None:
+        while self.handshake:
+            kind, arg = self.handshake[0]
+            if kind == "send":
+                self.handshake.popleft()
+                self.transport.write(arg)  # type: ignore[union-attr]
+                continue
+            try:
+                text = arg.pump(self.decoder)
+            except CallError as e:
+                self._handshake_failed(e.message)
+                return
+            if text is None:
+                return
+            self.handshake.popleft()
+        if self.handshake_timer is not None and self.handshake_timer.active():
+            self.handshake_timer.cancel()
+        if self.decoder.pending():
+            self._handshake_failed("unexpected extra bytes after login")
+            return
+        self.ready = True
+        if not self.ready_deferred.called:
+            self.ready_deferred.callback(self)
+
+    def _handshake_failed(self, why: str) -> None:
+        log.warning("backend_login_failed", backend=self.pool.spec.name, reason=why)
+        if not self.ready_deferred.called:
+            self.ready_deferred.errback(Failure(CallError(Code.UNAVAILABLE, f"backend {self.pool.spec.name}: {why}")))
+        self.abort(why)
+
+    def _handshake_timeout(self) -> None:
+        self._handshake_failed("timed out waiting for the banner/login reply")
+
+    # -- used by the pool ------------------------------------------------------------------
+    def send(self, call: Call) -> None:
+        call.conn = self
+        self.inflight.append(call)
+        self.last_used = time.monotonic()
+        self.transport.write(call.data)  # type: ignore[union-attr]
+
+    def abort(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("backend_connection_closed", backend=self.pool.spec.name, reason=why)
+        metrics.backend_restarts_total.labels(self.pool.spec.name, "closed-unknown-state").inc()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _ConnFactory(Factory):
+    def __init__(self, pool: LinePool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: Any) -> LegacyConnection:
+        return LegacyConnection(self.pool)
+
+
+def _endpoint(reactor: Any, address: str, timeout: float) -> Any:
+    if address.startswith("unix:"):
+        return UNIXClientEndpoint(reactor, address[5:], timeout=timeout)
+    host, _, port = address.rpartition(":")
+    return HostnameEndpoint(reactor, host.strip("[]"), int(port), timeout=timeout)
+
+
+class LinePool:
+    """Connections to one backend in one worker, the calls waiting for them, and readiness."""
+
+    def __init__(self, spec: LineSpec, reactor: Any) -> None:
+        self.spec = spec
+        self.reactor: IReactorTime = reactor
+        self.conns: list[LegacyConnection] = []
+        self.connecting = 0
+        self.waiting: deque[Call] = deque()
+        self.down = False  # the last connect attempt failed: fail fast until one succeeds
+        self.down_reason = ""
+        self.failures = 0
+        self.reconnect_call: Any = None
+        self.probe_call: Any = None
+        self.probe_ok: bool | None = None
+        self.started = False
+        self.stopping = False
+        self.endpoint = _endpoint(reactor, spec.address, spec.connect_timeout)
+        self.factory = _ConnFactory(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started = True
+        if self.spec.mode == "pooled":
+            for _ in range(self.spec.pool_size):
+                self._connect()
+        if self.spec.probe is not None:
+            self.probe_call = self.reactor.callLater(0.05, self._probe)
+        self._gauge()
+
+    def stop(self) -> None:
+        self.stopping = True
+        for c in (self.reconnect_call, self.probe_call):
+            if c is not None and c.active():
+                c.cancel()
+        for call in list(self.waiting):
+            call.fail(CallError(Code.UNAVAILABLE, "sidecar shutting down"))
+        self.waiting.clear()
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+
+    @property
+    def ready(self) -> bool:
+        if self.spec.probe is not None:
+            return bool(self.probe_ok)
+        if self.spec.mode == "per-call":
+            return not self.down
+        return not self.down and any(c.ready for c in self.conns)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "connections": sum(1 for c in self.conns if c.ready),
+            "busy": sum(1 for c in self.conns if c.inflight),
+            "waiting": len(self.waiting),
+            "down_reason": self.down_reason if self.down else "",
+            "probe_ok": self.probe_ok,
+        }
+
+    def _gauge(self) -> None:
+        ready = [c for c in self.conns if c.ready and not c.closed]
+        busy = sum(1 for c in ready if c.inflight)
+        name = self.spec.name
+        metrics.backend_pool_connections.labels(name, "idle").set(len(ready) - busy)
+        metrics.backend_pool_connections.labels(name, "busy").set(busy)
+        metrics.backend_pool_connections.labels(name, "connecting").set(self.connecting)
+        metrics.backend_up.labels(name).set(1 if self.ready else 0)
+
+    # -- connections -----------------------------------------------------------------------
+    def _connect(self) -> defer.Deferred[Any]:
+        self.connecting += 1
+        d = self.endpoint.connect(self.factory)
+
+        def connected(conn: LegacyConnection) -> Any:
+            self.conns.append(conn)
+            return conn.ready_deferred
+
+        def ready(conn: LegacyConnection) -> LegacyConnection:
+            self.connecting -= 1
+            if self.down:
+                log.info("backend_up", backend=self.spec.name)
+            self.down = False
+            self.failures = 0
+            self._dispatch_to(conn)
+            self._gauge()
+            return conn
+
+        def failed(f: Failure) -> None:
+            self.connecting -= 1
+            err = f.value
+            why = err.message if isinstance(err, CallError) else (str(err) or type(err).__name__)
+            if not self.down:
+                log.warning("backend_down", backend=self.spec.name, reason=why)
+            self.down = True
+            self.down_reason = why
+            self.failures += 1
+            for call in list(self.waiting):
+                if not any(c.ready for c in self.conns) and self.connecting == 0:
+                    self.waiting.remove(call)
+                    call.fail(CallError(Code.UNAVAILABLE, f"backend {self.spec.name} is unavailable: {why}"))
+            self._schedule_reconnect()
+            self._gauge()
+
+        d.addCallback(connected)
+        d.addCallbacks(ready, failed)
+        return d
+
+    def _schedule_reconnect(self) -> None:
+        if self.stopping or self.spec.mode != "pooled":
+            return
+        if self.reconnect_call is not None and self.reconnect_call.active():
+            return
+        delay = min(5.0, 0.05 * (2 ** min(self.failures, 7))) * (0.5 + random.random() / 2)
+        self.reconnect_call = self.reactor.callLater(delay, self._refill)
+
+    def _refill(self) -> None:
+        missing = self.spec.pool_size - len(self.conns) - self.connecting
+        for _ in range(max(0, missing)):
+            self._connect()
+
+    def connection_lost(self, conn: LegacyConnection, calls: list[Call]) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+        for call in calls:
+            if call.idempotent and not call.got_bytes and not call.retried:
+                call.retried = True
+                call.conn = None
+                self._submit(call)
+            else:
+                err = CallError(Code.UNAVAILABLE, f"backend {self.spec.name} closed the connection before replying")
+                self.record(call, err)
+                call.fail(err)
+        self._gauge()
+        if not self.stopping and self.spec.mode == "pooled" and conn.ready:
+            # a live connection dropped: replace it at once (the backend is probably fine)
+            self.reactor.callLater(0, self._refill)  # type: ignore[attr-defined]
+
+    def connection_free(self, conn: LegacyConnection) -> None:
+        if self.spec.mode == "per-call":
+            if not conn.inflight and conn.transport is not None:
+                conn.closed = True
+                conn.transport.loseConnection()
+            return
+        self._recycle_if_old(conn)
+        if not conn.closed:
+            self._dispatch_to(conn)
+        self._gauge()
+
+    def _recycle_if_old(self, conn: LegacyConnection) -> None:
+        if conn.inflight or conn.closed:
+            return
+        now = time.monotonic()
+        spec = self.spec
+        if spec.max_age is not None and now - conn.born > spec.max_age:
+            conn.abort("max_age reached")
+        elif spec.idle_timeout is not None and now - conn.last_used > spec.idle_timeout:
+            conn.abort("idle_timeout reached")
+
+    def _dispatch_to(self, conn: LegacyConnection) -> None:
+        while self.waiting and not conn.closed and conn.ready and len(conn.inflight) < self.spec.pipeline:
+            call = self.waiting.popleft()
+            if call.deferred.called:
+                continue
+            conn.send(call)
+            if self.spec.mode == "per-call":
+                break
+
+    # -- calls -----------------------------------------------------------------------------
+    def call(self, data: bytes, reader: Reader, timeout: float, idempotent: bool) -> defer.Deferred[Any]:
+        call = Call(data, reader, idempotent)
+        call.timer = self.reactor.callLater(max(0.0, timeout), self._timeout, call)
+        self._submit(call)
+        return call.deferred
+
+    def _submit(self, call: Call) -> None:
+        if self.stopping:
+            call.fail(CallError(Code.UNAVAILABLE, "sidecar shutting down"))
+            return
+        if self.spec.mode == "per-call":
+            self.waiting.append(call)
+            self._connect().addErrback(lambda f: None)
+            return
+        best: LegacyConnection | None = None
+        for conn in self.conns:
+            if conn.ready and not conn.closed and len(conn.inflight) < self.spec.pipeline:
+                self._recycle_if_old(conn)
+                if conn.closed:
+                    continue
+                if best is None or len(conn.inflight) < len(best.inflight):
+                    best = conn
+                    if not conn.inflight:
+                        break
+        if best is not None:
+            best.send(call)
+            self._gauge()
+            return
+        if self.down and not any(c.ready for c in self.conns):
+            err = CallError(
+                Code.UNAVAILABLE, f"backend {self.spec.name} is unavailable: {self.down_reason}"
+            )
+            self.record(call, err)
+            call.fail(err)
+            return
+        if len(self.waiting) >= self.spec.max_waiting:
+            err = CallError(Code.RESOURCE_EXHAUSTED, f"backend {self.spec.name}: too many calls waiting")
+            self.record(call, err)
+            call.fail(err)
+            return
+        self.waiting.append(call)
+        if len(self.conns) + self.connecting < self.spec.pool_size:
+            self._connect()
+
+    def _timeout(self, call: Call) -> None:
+        call.timer = None
+        err = CallError(Code.DEADLINE_EXCEEDED, f"backend {self.spec.name} did not answer in time")
+        self.record(call, err)
+        if call in self.waiting:
+            self.waiting.remove(call)
+            call.fail(err)
+            return
+        conn = call.conn
+        call.fail(err)
+        if conn is not None and not conn.closed:
+            if call in conn.inflight:
+                conn.inflight.remove(call)
+            conn.abort("call timed out; its late reply must not reach another caller")
+
+    def record(self, call: Call, err: CallError | None) -> None:
+        if err is None:
+            outcome = "ok"
+        elif err.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED):
+            outcome = err.code.name.lower()
+        elif err.reusable:
+            outcome = "legacy_error"
+        else:
+            outcome = "protocol_error"
+        metrics.backend_requests_total.labels(self.spec.name, outcome).inc()
+        metrics.backend_duration.labels(self.spec.name).observe(time.monotonic() - call.started)
+
+    # -- probe -----------------------------------------------------------------------------
+    def _probe(self) -> None:
+        probe = self.spec.probe
+        assert probe is not None
+        if self.stopping:
+            return
+        d = self.call(probe.send, ExpectReader(probe.expect, self.spec.encoding, "probe"), self.spec.timeout, True)
+
+        def ok(_: Any) -> None:
+            if self.probe_ok is not True:
+                log.info("backend_probe_ok", backend=self.spec.name)
+            self.probe_ok = True
+
+        def bad(f: Failure) -> None:
+            if self.probe_ok is not False:
+                why = f.value.message if isinstance(f.value, CallError) else str(f.value)
+                log.warning("backend_probe_failed", backend=self.spec.name, reason=why)
+            self.probe_ok = False
+
+        d.addCallbacks(ok, bad)
+        d.addBoth(lambda _: self._next_probe())
+
+    def _next_probe(self) -> None:
+        self._gauge()
+        if not self.stopping and self.spec.probe is not None:
+            self.probe_call = self.reactor.callLater(self.spec.probe.every, self._probe)
+
+
+def frame_text(spec: LineSpec, text: str) -> bytes:
+    """Frame a constant handshake/probe line once at config load."""
+    return encode_frame(spec.framing, text.encode(spec.encoding))

@@ -1,0 +1,477 @@
+"""Config files → one whole, validated, compiled generation of the sidecar.
+
+`load_all` is what `adaptercar check` runs and what every reload runs: it loads
+adaptercar.yaml and the mapping files, compiles the protos, compiles every mapped method into
+an Operation (templates, regexes, field setters — nothing is compiled per call later), runs
+the mappings' `examples:` offline, and collects *every* problem with its file and line.
+`build_set` then turns a problem-free load into live objects (backend pools, method entries).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
+
+from .backends.line import LinePool, LineSpec, ProbeSpec, frame_text
+from .config.load import expand_mapping_paths, load_config, load_mapping
+from .config.problems import Problem
+from .config.yamlsource import SourceMap
+from .mapping import framing as fr
+from .mapping.convert import ConfigTargetError, field_setter, repeated_message_field
+from .mapping.errors import CallError, Code
+from .mapping.operation import CallContext, LineOperation, RequestItem, run_offline
+from .mapping.reply import BodySpec, EachSpec, Limits, ReplySpec, Rule
+from .mapping.template import Scope, Template, TemplateError, compile_template
+from .protos import ProtoError, ProtoSet, compile_protos, empty_protoset
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Loaded:
+    config_path: str
+    config: Any = None
+    source: SourceMap | None = None
+    protoset: ProtoSet = field(default_factory=empty_protoset)
+    problems: list[Problem] = field(default_factory=list)
+    line_specs: dict[str, LineSpec] = field(default_factory=dict)
+    ops: dict[str, LineOperation] = field(default_factory=dict)
+    service_backends: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+class _Collector:
+    def __init__(self, problems: list[Problem], source: SourceMap) -> None:
+        self.problems = problems
+        self.source = source
+
+    def error(self, path: Path_, message: str) -> None:
+        self.problems.append(self.source.problem(path, message))
+
+    def note(self, path: Path_, message: str) -> None:
+        self.problems.append(self.source.problem(path, message, "note"))
+
+
+def _regex(c: _Collector, path: Path_, pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        c.error(path, f"regular expression {pattern!r} does not compile: {e}")
+        return None
+
+
+# --- backends -------------------------------------------------------------------------------
+
+def _framing(line: Any, encoding: str) -> fr.Framing:
+    f = line.framing
+    if getattr(f, "delimiter", None) is not None:
+        return fr.Delimited(f.delimiter.encode(encoding))
+    if getattr(f, "length_prefix", None) is not None:
+        return fr.LengthPrefixed(f.length_prefix, bool(getattr(f, "ascii", False)))
+    if getattr(f, "fixed", None) is not None:
+        return fr.FixedRecord(f.fixed, " ".encode(encoding))
+    return fr.StxEtx()
+
+
+def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) -> LineSpec | None:
+    base: Path_ = ("backends", name, "line")
+    encoding = line.encoding
+    try:
+        framing = _framing(line, encoding)
+        fr.Decoder(framing, line.max_line_bytes)
+    except (ValueError, UnicodeError) as e:
+        c.error((*base, "framing"), f"invalid framing: {e}")
+        return None
+    banner = _regex(c, (*base, "banner"), line.banner) if line.banner else None
+    scope = Scope(request=None, env=environ, encoding=encoding, allow_meta=False, allow_claims=False)
+    on_connect: list[tuple[bytes, re.Pattern[str] | None]] = []
+    ok = True
+    for i, step in enumerate(line.on_connect):
+        try:
+            text = compile_template(step.send, scope).render(_EMPTY_CTX)
+            frame = encode_const(framing, encoding, text)
+        except (TemplateError, ValueError) as e:
+            c.error((*base, "on_connect", i, "send"), str(e))
+            ok = False
+            continue
+        expect = _regex(c, (*base, "on_connect", i, "expect"), step.expect) if step.expect else None
+        on_connect.append((frame, expect))
+    probe = None
+    if line.probe is not None:
+        pat = _regex(c, (*base, "probe", "expect"), line.probe.expect or "")
+        try:
+            send = encode_const(framing, encoding, line.probe.send)
+        except ValueError as e:
+            c.error((*base, "probe", "send"), str(e))
+            ok = False
+        else:
+            if pat is not None:
+                probe = ProbeSpec(send, pat, line.probe.every)
+    if not ok:
+        return None
+    pool = line.pool
+    return LineSpec(
+        name=name, address=line.address, framing=framing, encoding=encoding, mode=line.mode,
+        banner=banner, on_connect=tuple(on_connect), pool_size=pool.size, pipeline=pool.pipeline,
+        max_waiting=pool.max_waiting, idle_timeout=pool.idle_timeout, max_age=pool.max_age,
+        keepalive=pool.keepalive, timeout=line.timeout, connect_timeout=line.connect_timeout,
+        max_line_bytes=line.max_line_bytes, probe=probe,
+    )
+
+
+def encode_const(framing: fr.Framing, encoding: str, text: str) -> bytes:
+    try:
+        payload = text.encode(encoding)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{text!r} cannot be encoded in {encoding}") from e
+    try:
+        return fr.encode_frame(framing, payload)
+    except fr.FramingError as e:
+        raise ValueError(f"{text!r} cannot be framed: {e}") from e
+
+
+from .mapping.template import RenderContext  # noqa: E402
+
+_EMPTY_CTX = RenderContext()
+
+
+# --- methods --------------------------------------------------------------------------------
+
+def _templates(c: _Collector, path: Path_, text: str, scope: Scope) -> Template | None:
+    try:
+        return compile_template(text, scope)
+    except TemplateError as e:
+        c.error(path, f"template {text!r}: {e}")
+        return None
+
+
+def _rule(c: _Collector, path: Path_, rule: Any, out: Descriptor, req: Descriptor, spec: LineSpec,
+          environ: Mapping[str, str]) -> Rule | None:
+    if rule.match is None:
+        c.error(path, "line backends read stdout frames: this rule needs 'match' "
+                      "('stderr' and 'exit_status' are for process backends)")
+        return None
+    pat = _regex(c, (*path, "match"), rule.match)
+    if pat is None:
+        return None
+    groups = frozenset(pat.groupindex)
+    scope = Scope(request=req, groups=groups, env=environ, encoding=spec.encoding)
+    fields = []
+    ok = True
+    for target, text in rule.fields.items():
+        tpl = _templates(c, (*path, "fields", target), text, scope)
+        try:
+            setter = field_setter(out, target, spec.encoding)
+        except ConfigTargetError as e:
+            c.error((*path, "fields", target), f"reply field '{target}': {e}")
+            ok = False
+            continue
+        if tpl is None:
+            ok = False
+            continue
+        fields.append((tpl, setter))
+    error = None
+    if rule.error is not None:
+        msg_tpl = None
+        if rule.error.message is not None:
+            msg_tpl = _templates(c, (*path, "error", "message"), rule.error.message, scope)
+            ok = ok and msg_tpl is not None
+        error = (Code[rule.error.code], msg_tpl)
+    body = None
+    if rule.body is not None:
+        length = _templates(c, (*path, "body", "bytes"), rule.body.bytes_, scope)
+        try:
+            setter = field_setter(out, rule.body.into, spec.encoding)
+        except ConfigTargetError as e:
+            c.error((*path, "body", "into"), f"body target '{rule.body.into}': {e}")
+            return None
+        if length is None:
+            return None
+        body = BodySpec(length, setter)
+    if not ok:
+        return None
+    return Rule(pat, tuple(fields), error, body)
+
+
+def _each(c: _Collector, path: Path_, each: Any, out: Descriptor, req: Descriptor, spec: LineSpec,
+          protoset: ProtoSet, environ: Mapping[str, str]) -> EachSpec | None:
+    if not each.into:
+        c.error(path, "missing required key 'into' (the repeated message field to fill)")
+        return None
+    try:
+        parents, fd = repeated_message_field(out, each.into)
+    except ConfigTargetError as e:
+        c.error((*path, "into"), str(e))
+        return None
+    el_desc = fd.message_type
+    el_class = protoset.message_class(el_desc)
+    if each.fixed is not None:
+        slices = []
+        for target, (start, end) in each.fixed.items():
+            try:
+                slices.append((field_setter(el_desc, target, spec.encoding), start, end))
+            except ConfigTargetError as e:
+                c.error((*path, "fixed", target), str(e))
+                return None
+        return EachSpec(parents, fd.name, el_class, fixed=tuple(slices))
+    pat = _regex(c, (*path, "match"), each.match)
+    if pat is None:
+        return None
+    scope = Scope(request=req, groups=frozenset(pat.groupindex), env=environ, encoding=spec.encoding)
+    fields = []
+    for target, text in each.fields.items():
+        tpl = _templates(c, (*path, "fields", target), text, scope)
+        try:
+            setter = field_setter(el_desc, target, spec.encoding)
+        except ConfigTargetError as e:
+            c.error((*path, "fields", target), str(e))
+            return None
+        if tpl is None:
+            return None
+        fields.append((tpl, setter))
+    return EachSpec(parents, fd.name, el_class, pattern=pat, fields=tuple(fields))
+
+
+def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str, spec: LineSpec,
+             protoset: ProtoSet, line_cfg: Any, environ: Mapping[str, str]) -> LineOperation | None:
+    md = protoset.method(service, name)
+    req, out = md.input_type, md.output_type
+    if m.request is None or isinstance(m.request, dict):
+        c.error((*mpath, "request"), "a line backend needs 'request': a template string or a list of frames")
+        return None
+    if m.response is None or isinstance(m.response, dict):
+        c.error((*mpath, "response"), "a line backend needs 'response': a list of rules or {until: ..., ...}")
+        return None
+    scope = Scope(request=req, env=environ, encoding=spec.encoding)
+    items: list[RequestItem] = []
+    raw_items = [m.request] if isinstance(m.request, str) else list(m.request)
+    ok = True
+    for i, item in enumerate(raw_items):
+        ipath = (*mpath, "request") if isinstance(m.request, str) else (*mpath, "request", i)
+        is_body = not isinstance(item, str)
+        text = item.bytes_ if is_body else item
+        tpl = _templates(c, (*ipath, "bytes") if is_body else ipath, text, scope)
+        if tpl is None:
+            ok = False
+            continue
+        literal = "".join(p for p in tpl.parts if isinstance(p, str))
+        if not is_body and isinstance(spec.framing, fr.Delimited) and \
+                spec.framing.delimiter.decode(spec.encoding, "replace") in literal:
+            c.error(ipath, "the template's literal text contains the framing delimiter; "
+                           "use a list of frames instead")
+            ok = False
+        items.append(RequestItem(tpl, is_body))
+    resp = m.response
+    rules: list[Rule] = []
+    until = None
+    each = None
+    if isinstance(resp, tuple | list):
+        rule_list, rpath = resp, (*mpath, "response")
+    else:
+        rule_list, rpath = resp.rules, (*mpath, "response", "rules")
+        until = _regex(c, (*mpath, "response", "until"), resp.until)
+        ok = ok and until is not None
+        if resp.each is not None:
+            each = _each(c, (*mpath, "response", "each"), resp.each, out, req, spec, protoset, environ)
+            ok = ok and each is not None
+    for i, r in enumerate(rule_list):
+        rule = _rule(c, (*rpath, i), r, out, req, spec, environ)
+        if rule is None:
+            ok = False
+        else:
+            rules.append(rule)
+    if not rules and until is None:
+        c.error((*mpath, "response"), "needs at least one rule")
+        ok = False
+    if not ok:
+        return None
+    limits = Limits(line_cfg.max_reply_bytes, line_cfg.max_frames)
+    reply = ReplySpec(protoset.message_class(out), tuple(rules), until, each, spec.encoding, limits)
+    return LineOperation(
+        service=service, method=name, backend=backend, input_class=protoset.message_class(req),
+        output_class=protoset.message_class(out), items=tuple(items), reply=reply, framing=spec.framing,
+        encoding=spec.encoding, idempotent=m.idempotent, timeout=m.timeout, auth=m.auth or "none",
+    )
+
+
+def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any) -> None:
+    for i, ex in enumerate(m.examples):
+        epath = (*mpath, "examples", i)
+        try:
+            request = json_format.ParseDict(ex.request, op.input_class())
+        except json_format.ParseError as e:
+            c.error((*epath, "request"), f"example request does not fit {op.input_class.DESCRIPTOR.full_name}: {e}")
+            continue
+        frames = ex.reply.split("\n") if ex.reply else []
+        expect = ex.expect
+        try:
+            result = run_offline(op, request, frames)
+        except CallError as e:
+            want = getattr(expect, "error", None)
+            if want is None:
+                c.error(epath, f"example failed: expected a reply, got {e.code.name}: {e.message}")
+            elif want != e.code.name:
+                c.error(epath, f"example failed: expected error {want}, got {e.code.name}: {e.message}")
+            elif getattr(expect, "message", None) and not re.search(expect.message, e.message):
+                c.error(epath, f"example failed: error message {e.message!r} does not match {expect.message!r}")
+            continue
+        if getattr(expect, "error", None) is not None:
+            c.error(epath, f"example failed: expected error {expect.error}, got a reply "
+                           f"{json_format.MessageToDict(result)}")
+            continue
+        try:
+            want_msg = json_format.ParseDict(expect, op.output_class())
+        except json_format.ParseError as e:
+            c.error((*epath, "expect"), f"expected reply does not fit {op.output_class.DESCRIPTOR.full_name}: {e}")
+            continue
+        if want_msg != result:
+            got = json_format.MessageToDict(result, preserving_proto_field_name=True)
+            want = json_format.MessageToDict(want_msg, preserving_proto_field_name=True)
+            c.error(epath, f"example failed: expected {want}, got {got}")
+
+
+def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+             run_examples: bool = True) -> Loaded:
+    env = dict(os.environ if environ is None else environ)
+    res = load_config(config_path, env)
+    loaded = Loaded(str(config_path), res.config, res.source, problems=list(res.problems))
+    cfg = res.config
+    if cfg is None or res.source is None:
+        return loaded
+    top = _Collector(loaded.problems, res.source)
+    if cfg.protos:
+        try:
+            loaded.protoset = compile_protos([Path(p) for p in cfg.protos])
+        except ProtoError as e:
+            top.error(("protos",), f"protos do not compile:\n{e}")
+            return loaded
+    for name, b in cfg.backends.items():
+        if b.line is not None:
+            spec = _line_spec(name, b.line, top, env)
+            if spec is not None:
+                loaded.line_specs[name] = spec
+    mapped: dict[str, tuple[str, int]] = {}
+    for mfile in expand_mapping_paths(cfg):
+        mres = load_mapping(mfile)
+        loaded.problems.extend(mres.problems)
+        if mres.mapping is None or mres.source is None:
+            continue
+        mc = _Collector(loaded.problems, mres.source)
+        mp = mres.mapping
+        services = loaded.protoset.services()
+        svc = services.get(mp.service)
+        if svc is None:
+            known = ", ".join(sorted(services)) or "none (check 'protos' in adaptercar.yaml)"
+            mc.error(("service",), f"service {mp.service!r} is not defined in the protos (known: {known})")
+            continue
+        for name, m in mp.methods.items():
+            mpath: Path_ = ("methods", name)
+            md = svc.methods_by_name.get(name)
+            if md is None:
+                known = ", ".join(x.name for x in svc.methods)
+                mc.error(mpath, f"{mp.service} has no method {name!r} (methods: {known})")
+                continue
+            if md.client_streaming or md.server_streaming:
+                mc.error(mpath, f"{mp.service}.{name} is a streaming rpc; only unary rpcs can be mapped")
+                continue
+            full = f"/{mp.service}/{name}"
+            if full in mapped:
+                f0, l0 = mapped[full]
+                mc.error(mpath, f"{mp.service}.{name} is already mapped at {f0}:{l0}")
+                continue
+            mapped[full] = (mres.source.file, mres.source.line(mpath))
+            backend = m.backend or mp.backend
+            bpath = (*mpath, "backend") if m.backend else ("backend",)
+            bcfg = cfg.backends.get(backend)
+            if bcfg is None:
+                known = ", ".join(sorted(cfg.backends)) or "none"
+                mc.error(bpath, f"no backend named {backend!r} in adaptercar.yaml (backends: {known})")
+                continue
+            if bcfg.line is None:
+                kind = "process" if bcfg.process is not None else "soap"
+                mc.error(bpath, f"backend {backend!r} is a {kind} backend, which this version does not serve yet")
+                continue
+            spec = loaded.line_specs.get(backend)
+            if spec is None:
+                continue  # its config problems are already reported
+            op = _line_op(mc, mpath, mp.service, name, m, backend, spec, loaded.protoset, bcfg.line, env)
+            if op is None:
+                continue
+            if run_examples:
+                _run_examples(mc, mpath, op, m)
+            loaded.ops[full] = op
+            loaded.service_backends.setdefault(mp.service, set()).add(backend)
+    for sname, svc in loaded.protoset.services().items():
+        for md in svc.methods:
+            if f"/{sname}/{md.name}" not in mapped:
+                top.note(("protos",), f"{sname}.{md.name} is not mapped by any mapping file, so it is not served")
+    return loaded
+
+
+# --- live objects ---------------------------------------------------------------------------
+
+def redacted_view(loaded: Loaded) -> dict[str, Any]:
+    from .config.schema import redacted_dict
+
+    return {"config_file": loaded.config_path, "config": redacted_dict(loaded.config),
+            "methods": sorted(loaded.ops)}
+
+
+def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
+              reuse: Mapping[str, LinePool] | None = None) -> Any:
+    """Turn a problem-free load into live objects. Pools whose spec did not change are reused
+    (their connections survive a reload); the caller starts new ones and stops dropped ones."""
+    from .fronts.calls import ConfigSet, MethodEntry
+
+    pools: dict[str, LinePool] = {}
+    for name, spec in loaded.line_specs.items():
+        old = (reuse or {}).get(name)
+        pools[name] = old if old is not None and old.spec == spec else LinePool(spec, reactor)
+    methods: dict[str, MethodEntry] = {}
+    for path, op in loaded.ops.items():
+        pool = pools[op.backend]
+        methods[path] = MethodEntry(
+            service=op.service, method=op.method, input_class=op.input_class,
+            output_class=op.output_class, backend=op.backend, invoke=_invoker(op, pool, drain),
+            descriptor=loaded.protoset.method(op.service, op.method), auth=op.auth,
+        )
+    return ConfigSet(generation=generation, config=loaded.config, protoset=loaded.protoset,
+                     methods=methods, backends=dict(pools), service_backends=loaded.service_backends)
+
+
+def _invoker(op: LineOperation, pool: LinePool, drain: Any) -> Any:
+    default_timeout = op.timeout if op.timeout is not None else pool.spec.timeout
+    monotonic = time.monotonic
+
+    def invoke(request: Any, ctx: CallContext, info: dict[str, Any]) -> Any:
+        rctx = op.render_context(request, ctx)
+        data = op.encode_request(rctx)  # CallError(INVALID_ARGUMENT) before anything is sent
+        timeout = default_timeout
+        if ctx.deadline is not None:
+            left = ctx.deadline - monotonic()
+            if left <= 0:
+                raise CallError(Code.DEADLINE_EXCEEDED, "deadline expired before the call was sent")
+            timeout = min(timeout, left)
+        t0 = monotonic()
+        drain.enter()
+        d = pool.call(data, op.reader(rctx), timeout, op.idempotent)
+
+        def done(result: Any) -> Any:
+            info["backend_ms"] = round((monotonic() - t0) * 1000, 3)
+            drain.leave()
+            return result
+
+        return d.addBoth(done)
+
+    return invoke

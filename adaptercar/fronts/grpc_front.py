@@ -1,0 +1,179 @@
+"""The gRPC front: one generic handler serving every mapped method of the current config set.
+
+Handlers are built once per config set (`GrpcMethod`), and looked up per call by the method
+path in a dict, so a reload is a pointer swap and calls already running finish on the set they
+started with. grpc.aio runs on the asyncio loop that Twisted's asyncioreactor drives; backend
+Deferreds are awaited with `Deferred.asFuture(loop)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from .. import metrics
+from ..logs import log
+from ..mapping.errors import CallError, Code
+from ..mapping.operation import CallContext
+from .calls import CurrentSet, MethodEntry
+
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _status(code: Code) -> grpc.StatusCode:
+    return _GRPC_CODES[int(code)]
+
+
+def _meta(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    md = context.invocation_metadata() or ()
+    return {k.lower(): v for k, v in md if isinstance(v, str)}
+
+
+def build_handler(
+    entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
+) -> grpc.RpcMethodHandler:
+    service, method = entry.service, entry.method
+    m_req = metrics.requests_total
+    m_dur = metrics.request_duration.labels("grpc", service, method)
+
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        t0 = time.monotonic()
+        meta = _meta(context)
+        rid = meta.get("x-request-id") or os.urandom(8).hex()
+        remaining = context.time_remaining()
+        deadline = t0 + remaining if remaining is not None else None
+        ctx = CallContext(meta=meta, deadline=deadline, request_id=rid)
+        code = Code.OK
+        message = ""
+        attempts_info: dict[str, Any] = {}
+        try:
+            d = entry.invoke(request, ctx, attempts_info)
+            return await d.asFuture(loop_getter())
+        except CallError as e:
+            code, message = e.code, e.message
+        except asyncio.CancelledError:
+            code, message = Code.CANCELLED, "cancelled by the caller"
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug must become INTERNAL, never a hang
+            code, message = Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+            log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
+        finally:
+            dur = time.monotonic() - t0
+            m_req.labels("grpc", service, method, code.name).inc()
+            m_dur.observe(dur)
+            log.info(
+                "access",
+                front="grpc",
+                method=entry.path,
+                code=code.name,
+                request_id=rid,
+                duration_ms=round(dur * 1000, 3),
+                backend=entry.backend,
+                backend_ms=attempts_info.get("backend_ms"),
+                attempts=attempts_info.get("attempts", 1),
+                **({"error": message} if code is not Code.OK else {}),
+            )
+        await context.abort(_status(code), message)
+
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=entry.input_class.FromString,
+        response_serializer=entry.output_class.SerializeToString,
+    )
+
+
+class _Dispatch(grpc.GenericRpcHandler):
+    def __init__(self, current: CurrentSet) -> None:
+        self.current = current
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        return self.current.get().grpc_handlers.get(handler_call_details.method)  # type: ignore[no-any-return]
+
+
+class _Reflection(reflection_pb2_grpc.ServerReflectionServicer):
+    """Forwards to the reflection servicer of the current set, so a reload that changes the
+    protos is visible to `grpcurl list` without a restart."""
+
+    def __init__(self, current: CurrentSet) -> None:
+        self.current = current
+
+    async def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802
+        servicer = self.current.get().reflection
+        async for resp in servicer.ServerReflectionInfo(request_iterator, context):
+            yield resp
+
+
+def reflection_servicer(service_names: list[str], pool: Any) -> ReflectionServicer:
+    names = [
+        *service_names,
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    ]
+    return ReflectionServicer(names, pool=pool)
+
+
+class GrpcFront:
+    def __init__(
+        self, current: CurrentSet, listen: str, max_message_bytes: int, reflection: bool
+    ) -> None:
+        self.current = current
+        self.listen = listen
+        self.max_message_bytes = max_message_bytes
+        self.reflection = reflection
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> None:
+        opts = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=opts)
+        server.add_generic_rpc_handlers([_Dispatch(self.current)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.reflection:
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                _Reflection(self.current), server
+            )  # type: ignore[no-untyped-call]
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"gRPC front cannot listen on {self.listen}")
+        await server.start()
+        self.server = server
+        await self.update_health()
+
+    async def update_health(self) -> None:
+        cs = self.current.get()
+        ready = cs.ready()
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+        for svc in cs.service_backends:
+            ok = all(cs.backend_ready(b) for b in cs.service_backends[svc])
+            await self.health.set(
+                svc,
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+            self.server = None

@@ -1,0 +1,287 @@
+"""Wiring: the service trees of a worker, of the single process, and of the supervisor.
+
+This is the only module that knows every part; `cli` calls it and nothing else imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+
+from ..logs import log
+from . import reactor as reactor_setup
+
+
+def _configure_logging(cfg: Any, **extra: Any) -> None:
+    lg = getattr(cfg, "log", None)
+    log.configure(getattr(lg, "level", "info"), dict(getattr(lg, "fields", {}) or {}), **extra)
+
+
+def _drain_timeout(cfg: Any) -> float:
+    return float(getattr(getattr(cfg, "shutdown", None), "drain_timeout", 10.0) or 10.0)
+
+
+class Runtime:
+    """The live state of one worker (or the single process): current set, pools, fronts."""
+
+    def __init__(self, config_path: str, roles: list[str], loop: Any, reporter: Any = None) -> None:
+        from twisted.internet import reactor
+
+        from ..compile import build_set, load_all
+        from ..fronts.calls import CurrentSet
+        from .worker import Drain
+
+        self.reactor = reactor
+        self.config_path = config_path
+        self.roles = roles
+        self.loop = loop
+        self.reporter = reporter
+        self.drain = Drain()
+        self.generation = 1
+        loaded = load_all(config_path, run_examples=False)
+        if loaded.errors:
+            raise SystemExit("adaptercar: configuration has errors:\n" + "\n".join(p.format() for p in loaded.errors))
+        self.loaded = loaded
+        _configure_logging(loaded.config, role=",".join(roles), pid=os.getpid())
+        cs = build_set(loaded, reactor, self.generation, self.drain)
+        self._prepare(cs)
+        self.current = CurrentSet(cs)
+        self.grpc_front: Any = None
+        self.listening = False
+
+    def _prepare(self, cs: Any) -> None:
+        """Build each front's per-set caches once, before the set is visible to calls."""
+        if "grpc" in self.roles:
+            from ..fronts.grpc_front import build_handler, reflection_servicer
+
+            cs.grpc_handlers = {p: build_handler(e, lambda: self.loop) for p, e in cs.methods.items()}
+            cs.reflection = reflection_servicer(sorted(cs.service_backends) or sorted(cs.protoset.services()),
+                                                cs.protoset.pool)
+        if "http" in self.roles:
+            import json
+
+            from ..fronts.http_routes import RouteTarget, Router
+            from ..fronts.openapi import openapi_document
+
+            targets = [RouteTarget(e.service, e.descriptor, cs.protoset.http_rule(e.descriptor))
+                       for e in cs.methods.values()]
+            cs.router = Router.build(targets)
+            cs.openapi = json.dumps(openapi_document(cs.protoset, targets, "adaptercar")).encode()
+
+    def service_tree(self) -> service.MultiService:
+        from .worker import BackendsService, GrpcService, HttpService
+
+        top = service.MultiService()
+        BackendsService(self.current).setServiceParent(top)
+        cfg = self.loaded.config
+        drain_timeout = _drain_timeout(cfg)
+        if "grpc" in self.roles and cfg.grpc is not None:
+            from ..fronts.grpc_front import GrpcFront
+
+            self.grpc_front = GrpcFront(self.current, cfg.grpc.listen, cfg.grpc.max_message_bytes, cfg.grpc.reflection)
+            GrpcService(self.grpc_front, self.loop, drain_timeout).setServiceParent(top)
+        if "http" in self.roles and cfg.http is not None:
+            from ..fronts.http_front import make_site
+
+            HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
+                        drain_timeout).setServiceParent(top)
+        return top
+
+    def state(self) -> dict[str, Any]:
+        cs = self.current.get()
+        backends = {n: b.state() for n, b in cs.backends.items()}
+        return {"type": "state", "generation": cs.generation, "listening": self.listening,
+                "ready": self.listening and all(b["ready"] for b in backends.values()), "backends": backends,
+                "roles": self.roles}
+
+    def reload(self) -> dict[str, Any]:
+        from ..compile import build_set, load_all
+
+        loaded = load_all(self.config_path, run_examples=False)
+        if loaded.errors:
+            return {"ok": False, "error": "; ".join(p.format() for p in loaded.errors)}
+        old = self.current.get()
+        self.generation += 1
+        cs = build_set(loaded, self.reactor, self.generation, self.drain, reuse=old.backends)
+        self._prepare(cs)
+        for name, b in cs.backends.items():
+            if old.backends.get(name) is not b:
+                b.start()
+        self.current.swap(cs)
+        self.loaded = loaded
+        _configure_logging(loaded.config, role=",".join(self.roles), pid=os.getpid())
+        kept = set(map(id, cs.backends.values()))
+        for b in old.backends.values():
+            if id(b) not in kept:
+                # calls in flight on the old set finish first: stop after the drain timeout
+                self.reactor.callLater(_drain_timeout(loaded.config), b.stop)
+        log.info("config_reloaded", generation=self.generation, methods=len(cs.methods))
+        return {"ok": True}
+
+
+def _run(top: service.MultiService, on_started: Any = None) -> int:
+    from twisted.internet import reactor
+
+    def start() -> None:
+        top.startService()
+        # startService of children may return Deferreds (gRPC); poll listening via callback
+        if on_started is not None:
+            on_started()
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def run_worker(role: str, config_path: str) -> int:
+    loop = reactor_setup.install()
+    from twisted.internet import reactor, task
+
+    from .control import Reporter, listen_commands
+
+    reporter = Reporter()
+    try:
+        rt = Runtime(config_path, [role], loop, reporter)
+    except SystemExit as e:
+        reporter.send({"type": "fatal", "error": str(e)})
+        raise
+    top = rt.service_tree()
+
+    def on_command(cmd: dict[str, Any]) -> None:
+        if cmd.get("cmd") == "reload":
+            try:
+                res = rt.reload()
+            except Exception as e:  # noqa: BLE001 - report, keep serving the old set
+                res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            reporter.send({"type": "reloaded", **res, "state": rt.state()})
+        elif cmd.get("cmd") == "drain":
+            reactor.stop()  # type: ignore[attr-defined]
+
+    def on_eof() -> None:
+        if reactor.running:  # type: ignore[attr-defined]
+            log.warning("supervisor_gone", role=role)
+            reactor.stop()  # type: ignore[attr-defined]
+
+    def started() -> None:
+        rt.listening = True
+        listen_commands(on_command, on_eof)
+        lc = task.LoopingCall(lambda: reporter.send(rt.state()))
+        lc.start(0.5)
+
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
+    return _run(top, lambda: reactor.callLater(0.2, started))  # type: ignore[attr-defined]
+
+
+class _SingleModel:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        st = self.rt.state()
+        return bool(st["ready"]), {"workers": {"single": st}}
+
+    def config_view(self) -> dict[str, Any]:
+        from ..compile import redacted_view
+
+        return redacted_view(self.rt.loaded)
+
+    def reload(self) -> defer.Deferred[dict[str, Any]]:
+        from .. import metrics
+
+        res = self.rt.reload()
+        metrics.config_reloads_total.labels("ok" if res["ok"] else "error").inc()
+        if not res["ok"]:
+            log.error("config_reload_failed", errors=[res["error"]])
+            return defer.succeed({"ok": False, "errors": [res["error"]]})
+        return defer.succeed({"ok": True, "errors": []})
+
+
+def _listen_admin(site: Any, listen: str) -> Any:
+    from twisted.internet import reactor
+
+    host, _, port = listen.rpartition(":")
+    return reactor.listenTCP(int(port), site, interface=host.strip("[]") or "127.0.0.1")  # type: ignore[attr-defined]
+
+
+def run_single(config_path: str) -> int:
+    loop = reactor_setup.install()
+    from twisted.internet import reactor
+
+    from .admin import admin_site
+    from .supervisor import install_signals
+
+    rt = Runtime(config_path, ["grpc", "http"], loop)
+    top = rt.service_tree()
+    model = _SingleModel(rt)
+    cfg = rt.loaded.config
+
+    def started() -> None:
+        rt.listening = True
+        if cfg.admin is not None:
+            _listen_admin(admin_site(model), cfg.admin.listen)
+        log.info("started", mode="single-process", grpc=getattr(cfg.grpc, "listen", None),
+                 http=getattr(cfg.http, "listen", None), admin=getattr(cfg.admin, "listen", None))
+
+    install_signals(reactor, reactor.stop, lambda: model.reload())  # type: ignore[attr-defined]
+    return _run(top, started)
+
+
+def run_supervisor(config_path: str) -> int:
+    """`adaptercar run`: admin + metrics aggregation + worker processes."""
+    import shutil
+    import tempfile
+
+    mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not mpdir:
+        mpdir = tempfile.mkdtemp(prefix="adaptercar-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
+    else:
+        shutil.rmtree(mpdir, ignore_errors=True)
+        Path(mpdir).mkdir(parents=True, exist_ok=True)
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client imported before PROMETHEUS_MULTIPROC_DIR was set")
+    reactor_setup.install()
+    from twisted.internet import reactor
+
+    from ..compile import load_all
+    from .admin import admin_site
+    from .supervisor import Supervisor, install_signals
+
+    loaded = load_all(config_path, run_examples=False)
+    if loaded.errors:
+        print("adaptercar: configuration has errors:", file=sys.stderr)
+        for p in loaded.errors:
+            print(p.format(), file=sys.stderr)
+        return 1
+    _configure_logging(loaded.config, role="supervisor", pid=os.getpid())
+    sup = Supervisor(str(config_path), loaded, reactor)
+    stopping = {"done": False}
+
+    def on_term() -> None:
+        if stopping["done"]:
+            return
+        stopping["done"] = True
+        log.info("shutdown", reason="signal")
+        sup.stop().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+
+    def start() -> None:
+        cfg = loaded.config
+        if cfg.admin is not None:
+            _listen_admin(admin_site(sup), cfg.admin.listen)
+        sup.start()
+        log.info("started", mode="supervisor", grpc=getattr(cfg.grpc, "listen", None),
+                 http=getattr(cfg.http, "listen", None), admin=getattr(cfg.admin, "listen", None))
+
+    install_signals(reactor, on_term, lambda: sup.reload())
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    shutil.rmtree(mpdir, ignore_errors=True)
+    return 0

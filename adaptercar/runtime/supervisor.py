@@ -1,0 +1,221 @@
+"""The supervisor: admin endpoints, signals, and worker processes, one role each.
+
+It never serves calls itself: grpc.aio sharing a loop with a busy twisted.web was measured to
+fall from ~8,700 to ~210 calls/s, so each front gets its own process and loop. Workers are
+fresh interpreters (`spawnProcess`), never forks of a process that imported grpc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.python.failure import Failure
+
+from .. import metrics
+from ..logs import log
+from .control import LineSplitter, encode
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    def __init__(self, sup: Supervisor, role: str) -> None:
+        self.sup = sup
+        self.role = role
+        self.pid: int | None = None
+        self.state: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.splitter = LineSplitter(self._message)
+        self.pending_reload: defer.Deferred[dict[str, Any]] | None = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
+        if childFD == 3:
+            self.splitter.feed(data)
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "state":
+            self.state = msg
+        elif kind == "reloaded":
+            self.state.update(msg.get("state", {}))
+            if self.pending_reload is not None and not self.pending_reload.called:
+                d, self.pending_reload = self.pending_reload, None
+                d.callback(msg)
+        elif kind == "fatal":
+            log.error("worker_fatal", role=self.role, pid=self.pid, error=msg.get("error"))
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.write(encode(cmd))
+            except Exception:  # noqa: BLE001 - a dying worker's pipe
+                pass
+
+    def signal(self, sig: str) -> None:
+        try:
+            self.transport.signalProcess(sig)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        self.sup.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor:
+    def __init__(self, config_path: str, loaded: Any, reactor: Any) -> None:
+        self.config_path = config_path
+        self.loaded = loaded
+        self.reactor = reactor
+        self.workers: dict[str, WorkerProcess] = {}
+        self.restarts: dict[str, int] = {}
+        self.stopping = False
+
+    @property
+    def config(self) -> Any:
+        return self.loaded.config
+
+    def roles(self) -> list[str]:
+        roles = []
+        if self.config.grpc is not None:
+            roles.append("grpc")
+        if self.config.http is not None:
+            roles.append("http")
+        return roles
+
+    def start(self) -> None:
+        for role in self.roles():
+            self.spawn(role)
+
+    def spawn(self, role: str) -> None:
+        proto = WorkerProcess(self, role)
+        argv = [sys.executable, "-m", "adaptercar.runtime.worker", "--role", role, "-c", self.config_path]
+        self.reactor.spawnProcess(
+            proto, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2, 3: "r"}
+        )
+        self.workers[role] = proto
+        log.info("worker_started", role=role, pid=proto.pid)
+
+    def worker_ended(self, proc: WorkerProcess, reason: Failure) -> None:
+        status = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and proc.pid is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+        if self.workers.get(proc.role) is proc:
+            del self.workers[proc.role]
+        if self.stopping:
+            log.info("worker_stopped", role=proc.role, pid=proc.pid, exit_status=status, signal=sig)
+            return
+        n = self.restarts.get(proc.role, 0)
+        if time.monotonic() - proc.started > 30:
+            n = 0
+        self.restarts[proc.role] = n + 1
+        delay = min(10.0, 0.2 * (2**n))
+        log.error("worker_died", role=proc.role, pid=proc.pid, exit_status=status, signal=sig,
+                  restart_in_s=round(delay, 2))
+        metrics.worker_restarts_total.labels(proc.role).inc()
+        self.reactor.callLater(delay, self._respawn, proc.role)
+
+    def _respawn(self, role: str) -> None:
+        if not self.stopping and role not in self.workers:
+            self.spawn(role)
+
+    # -- admin model -------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        detail: dict[str, Any] = {"workers": {}}
+        ok = True
+        for role in self.roles():
+            w = self.workers.get(role)
+            st = w.state if w is not None else {}
+            ready = bool(w is not None and st.get("ready"))
+            ok = ok and ready
+            detail["workers"][role] = {
+                "pid": w.pid if w else None,
+                "ready": ready,
+                "listening": st.get("listening", False),
+                "generation": st.get("generation"),
+                "backends": st.get("backends", {}),
+            }
+        return ok, detail
+
+    def config_view(self) -> dict[str, Any]:
+        from ..compile import redacted_view
+
+        return redacted_view(self.loaded)
+
+    def reload(self) -> defer.Deferred[dict[str, Any]]:
+        from twisted.internet import threads
+
+        from ..compile import load_all
+
+        d = threads.deferToThread(load_all, self.config_path)
+
+        def loaded(new: Any) -> Any:
+            errors = [p.format() for p in new.problems if p.severity == "error"]
+            if errors:
+                metrics.config_reloads_total.labels("error").inc()
+                log.error("config_reload_failed", errors=errors)
+                return {"ok": False, "errors": errors}
+            old_roles = self.roles()
+            old_listen = {"grpc": getattr(self.config.grpc, "listen", None), "http": getattr(self.config.http, "listen", None)}
+            self.loaded = new
+            waits = []
+            for role, w in list(self.workers.items()):
+                new_listen = getattr(getattr(new.config, role), "listen", None) if getattr(new.config, role) else None
+                if role not in self.roles() or new_listen != old_listen.get(role):
+                    w.signal("TERM")  # listener moved or role removed: restart (or stop) that worker
+                    continue
+                rd: defer.Deferred[dict[str, Any]] = defer.Deferred()
+                w.pending_reload = rd
+                w.send({"cmd": "reload"})
+                rd.addTimeout(30, self.reactor)
+                waits.append(rd)
+            for role in self.roles():
+                if role not in old_roles and role not in self.workers:
+                    self.spawn(role)
+            dl = defer.DeferredList(waits, consumeErrors=True)
+
+            def summarize(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+                errs = [str(r.get("error")) for okr, r in results if okr and not r.get("ok")]
+                errs += [f"worker did not confirm: {r.value}" for okr, r in results if not okr]
+                outcome = "error" if errs else "ok"
+                metrics.config_reloads_total.labels(outcome).inc()
+                log.info("config_reloaded", outcome=outcome, errors=errs)
+                return {"ok": not errs, "errors": errs}
+
+            return dl.addCallback(summarize)
+
+        return d.addCallback(loaded)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def stop(self) -> defer.Deferred[Any]:
+        self.stopping = True
+        ds = []
+        for w in list(self.workers.values()):
+            w.signal("TERM")
+            ds.append(w.ended)
+        d = defer.DeferredList(ds)
+        drain = float(getattr(getattr(self.config, "shutdown", None), "drain_timeout", 10.0) or 10.0)
+        d.addTimeout(drain + 5, self.reactor)
+
+        def force(_: Any) -> None:
+            for w in list(self.workers.values()):
+                w.signal("KILL")
+
+        d.addErrback(force)
+        return d
+
+
+def install_signals(reactor: Any, on_term: Any, on_hup: Any) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(on_term))
+    signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(on_term))
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(on_hup))
