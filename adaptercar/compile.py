@@ -20,8 +20,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 
-from .backends.line import LinePool, LineSpec, ProbeSpec, frame_text
-from .config.load import expand_mapping_paths, load_config, load_mapping
+from .backends.line import LinePool, LineSpec, ProbeSpec
+from .config.load import load_all as config_load_all
 from .config.problems import Problem
 from .config.yamlsource import SourceMap
 from .mapping import framing as fr
@@ -215,6 +215,7 @@ def _each(c: _Collector, path: Path_, each: Any, out: Descriptor, req: Descripto
         c.error((*path, "into"), str(e))
         return None
     el_desc = fd.message_type
+    assert el_desc is not None
     el_class = protoset.message_class(el_desc)
     if each.fixed is not None:
         slices = []
@@ -260,7 +261,7 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     for i, item in enumerate(raw_items):
         ipath = (*mpath, "request") if isinstance(m.request, str) else (*mpath, "request", i)
         is_body = not isinstance(item, str)
-        text = item.bytes_ if is_body else item
+        text: str = item if isinstance(item, str) else item.bytes_
         tpl = _templates(c, (*ipath, "bytes") if is_body else ipath, text, scope)
         if tpl is None:
             ok = False
@@ -344,10 +345,11 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any) -> Non
 def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
              run_examples: bool = True) -> Loaded:
     env = dict(os.environ if environ is None else environ)
-    res = load_config(config_path, env)
-    loaded = Loaded(str(config_path), res.config, res.source, problems=list(res.problems))
-    cfg = res.config
-    if cfg is None or res.source is None:
+    project = config_load_all(config_path, env)
+    res = project.config
+    loaded = Loaded(str(config_path), res.config, res.source, problems=list(project.problems))
+    cfg = res.validated  # keep checking what passed the schema, even if other parts did not
+    if cfg is None:
         return loaded
     top = _Collector(loaded.problems, res.source)
     if cfg.protos:
@@ -361,14 +363,12 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
             spec = _line_spec(name, b.line, top, env)
             if spec is not None:
                 loaded.line_specs[name] = spec
-    mapped: dict[str, tuple[str, int]] = {}
-    for mfile in expand_mapping_paths(cfg):
-        mres = load_mapping(mfile)
-        loaded.problems.extend(mres.problems)
-        if mres.mapping is None or mres.source is None:
+    mapped: set[str] = set()
+    for mres in project.mappings:
+        mp = mres.validated
+        if mp is None:
             continue
         mc = _Collector(loaded.problems, mres.source)
-        mp = mres.mapping
         services = loaded.protoset.services()
         svc = services.get(mp.service)
         if svc is None:
@@ -387,19 +387,15 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 continue
             full = f"/{mp.service}/{name}"
             if full in mapped:
-                f0, l0 = mapped[full]
-                mc.error(mpath, f"{mp.service}.{name} is already mapped at {f0}:{l0}")
-                continue
-            mapped[full] = (mres.source.file, mres.source.line(mpath))
+                continue  # reported by the config checks
+            mapped.add(full)
             backend = m.backend or mp.backend
-            bpath = (*mpath, "backend") if m.backend else ("backend",)
             bcfg = cfg.backends.get(backend)
             if bcfg is None:
-                known = ", ".join(sorted(cfg.backends)) or "none"
-                mc.error(bpath, f"no backend named {backend!r} in adaptercar.yaml (backends: {known})")
-                continue
+                continue  # reported by the config checks
             if bcfg.line is None:
                 kind = "process" if bcfg.process is not None else "soap"
+                bpath = (*mpath, "backend") if m.backend else ("backend",)
                 mc.error(bpath, f"backend {backend!r} is a {kind} backend, which this version does not serve yet")
                 continue
             spec = loaded.line_specs.get(backend)
@@ -412,6 +408,8 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 _run_examples(mc, mpath, op, m)
             loaded.ops[full] = op
             loaded.service_backends.setdefault(mp.service, set()).add(backend)
+    if loaded.errors:
+        loaded.config = None
     for sname, svc in loaded.protoset.services().items():
         for md in svc.methods:
             if f"/{sname}/{md.name}" not in mapped:

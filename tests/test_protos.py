@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.api import http_pb2
@@ -128,8 +129,8 @@ def test_reload_builds_an_independent_pool(tmp_path: Path) -> None:
     first = compile_protos([tmp_path])
     f.write_text('syntax = "proto3";\npackage r;\nmessage M { int64 a = 1; }\n', encoding="utf-8")
     second = compile_protos([tmp_path])
-    old = first.message_class(first.pool.FindMessageTypeByName("r.M"))
-    new = second.message_class(second.pool.FindMessageTypeByName("r.M"))
+    old: Any = first.message_class(first.pool.FindMessageTypeByName("r.M"))
+    new: Any = second.message_class(second.pool.FindMessageTypeByName("r.M"))
     assert old is not new
     assert json_format.MessageToDict(old(a="x")) == {"a": "x"}
     assert json_format.MessageToDict(new(a=5)) == {"a": "5"}

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TxProtocol
 from twisted.python.failure import Failure
@@ -136,7 +135,7 @@ class LegacyConnection(TxProtocol):
     def connectionMade(self) -> None:
         if self.pool.spec.keepalive and hasattr(self.transport, "setTcpKeepAlive"):
             try:
-                self.transport.setTcpKeepAlive(1)  # type: ignore[union-attr]
+                self._t().setTcpKeepAlive(1)
             except OSError:
                 pass
         if self.handshake:
@@ -184,7 +183,7 @@ class LegacyConnection(TxProtocol):
         except FramingError as e:
             self.abort(f"framing error: {e}")
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError("lost"))) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
@@ -202,7 +201,7 @@ class LegacyConnection(TxProtocol):
             kind, arg = self.handshake[0]
             if kind == "send":
                 self.handshake.popleft()
-                self.transport.write(arg)  # type: ignore[union-attr]
+                self._t().write(arg)
                 continue
             try:
                 text = arg.pump(self.decoder)
@@ -231,11 +230,14 @@ class LegacyConnection(TxProtocol):
         self._handshake_failed("timed out waiting for the banner/login reply")
 
     # -- used by the pool ------------------------------------------------------------------
+    def _t(self) -> Any:
+        return self.transport
+
     def send(self, call: Call) -> None:
         call.conn = self
         self.inflight.append(call)
         self.last_used = time.monotonic()
-        self.transport.write(call.data)  # type: ignore[union-attr]
+        self._t().write(call.data)
 
     def abort(self, why: str) -> None:
         if self.closed:
@@ -243,7 +245,7 @@ class LegacyConnection(TxProtocol):
         self.closed = True
         log.info("backend_connection_closed", backend=self.pool.spec.name, reason=why)
         metrics.backend_restarts_total.labels(self.pool.spec.name, "closed-unknown-state").inc()
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._t().abortConnection()
 
 
 class _ConnFactory(Factory):
@@ -266,7 +268,7 @@ class LinePool:
 
     def __init__(self, spec: LineSpec, reactor: Any) -> None:
         self.spec = spec
-        self.reactor: IReactorTime = reactor
+        self.reactor: Any = reactor
         self.conns: list[LegacyConnection] = []
         self.connecting = 0
         self.waiting: deque[Call] = deque()
@@ -301,7 +303,7 @@ class LinePool:
         self.waiting.clear()
         for conn in list(self.conns):
             if conn.transport is not None:
-                conn.transport.loseConnection()
+                conn._t().loseConnection()
 
     @property
     def ready(self) -> bool:
@@ -351,6 +353,8 @@ class LinePool:
 
         def failed(f: Failure) -> None:
             self.connecting -= 1
+            if self.stopping:
+                return
             err = f.value
             why = err.message if isinstance(err, CallError) else (str(err) or type(err).__name__)
             if not self.down:
@@ -397,13 +401,13 @@ class LinePool:
         self._gauge()
         if not self.stopping and self.spec.mode == "pooled" and conn.ready:
             # a live connection dropped: replace it at once (the backend is probably fine)
-            self.reactor.callLater(0, self._refill)  # type: ignore[attr-defined]
+            self.reactor.callLater(0, self._refill)
 
     def connection_free(self, conn: LegacyConnection) -> None:
         if self.spec.mode == "per-call":
             if not conn.inflight and conn.transport is not None:
                 conn.closed = True
-                conn.transport.loseConnection()
+                conn._t().loseConnection()
             return
         self._recycle_if_old(conn)
         if not conn.closed:

@@ -9,6 +9,7 @@ on `Project` (objects + SourceMaps) and add their own problems the same way.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -361,8 +362,10 @@ def _check_method(
     if method.response is None:
         report((), f"missing required key 'response' (rules that read the reply; {what})")
     elif isinstance(method.response, dict):
+        hint = "".join(suggest(key, ("until", "rules", "each")) for key in method.response
+                       if difflib.get_close_matches(key, ("until", "rules", "each"), 1, 0.6))
         report(("response",), f"a mapping of reply paths is only for SOAP backends; {what} "
-                              "(expected a list of rules or {until: ...})")
+                              "(expected a list of rules or {until: ...})" + hint)
     if method.operation is not None:
         report(("operation",), f"'operation' is only for SOAP backends; {what}")
     if method.faults:

@@ -7,7 +7,8 @@ inside one form is reported once, in that form's words, instead of once per unio
 
 How `response` is read (the one place where the form is not the YAML type alone):
   - a list                                      → `tuple[Rule, ...]`   (line / process)
-  - a mapping with any of `until`, `rules`, `each` → `ResponseUntil`   (line / process)
+  - a mapping with any of `until`, `rules`, `each`, or a list or mapping as a value
+                                                → `ResponseUntil`      (line / process)
   - any other mapping                           → `dict[str, str]`     (SOAP: field → reply path)
 So a SOAP field map cannot map proto fields named `until`, `rules` or `each`; the loader
 reports an `until` form used with a SOAP backend.
@@ -158,8 +159,8 @@ def _span(value: object) -> tuple[int, int]:
         and 0 <= value[0] < value[1]
     ):
         return (value[0], value[1])
-    raise invalid(f"expected [start, end] with 0 ≤ start < end, got {describe(value)}"
-                  + (f" {list(value)}" if isinstance(value, list | tuple) else ""))
+    shown = repr(list(value)) if isinstance(value, list | tuple) else describe(value)
+    raise invalid(f"expected [start, end] with 0 ≤ start < end, got {shown}")
 
 
 Span = Annotated[tuple[int, int], PlainValidator(_span)]
@@ -286,7 +287,10 @@ def _response_form(value: Any) -> str | None:
     if isinstance(value, list | tuple):
         return "~rules"
     if isinstance(value, dict):
-        return "~until" if _UNTIL_KEYS & value.keys() else "~soap"
+        # A SOAP field map holds scalars; a nested list or mapping means an `until` form.
+        if _UNTIL_KEYS & value.keys() or any(isinstance(v, dict | list) for v in value.values()):
+            return "~until"
+        return "~soap"
     return None
 
 

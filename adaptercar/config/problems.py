@@ -142,9 +142,11 @@ def message_for(error: dict[str, Any], parent_model: type[BaseModel] | None) -> 
     if kind in ("list_type", "tuple_type", "set_type", "iterable_type"):
         return f"expected a list, got {got}"
     if kind == "too_short":
-        return f"expected at least {ctx.get('min_length')} item(s), got {ctx.get('actual_length')}"
+        if ctx.get("min_length") == 1:
+            return "must not be empty (expected at least one item)"
+        return f"expected at least {ctx.get('min_length')} items, got {ctx.get('actual_length')}"
     if kind == "too_long":
-        return f"expected at most {ctx.get('max_length')} item(s), got {ctx.get('actual_length')}"
+        return f"expected at most {ctx.get('max_length')} items, got {ctx.get('actual_length')}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         sign = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<",
                 "less_than_equal": "≤"}[kind]

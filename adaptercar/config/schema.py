@@ -58,6 +58,17 @@ class _Secret:
 SECRET = _Secret()
 
 
+def _number_as_text(value: object) -> object:
+    # `PORT: 8080` in an environment or a log field means the text "8080".
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+"""A string where a YAML number is taken as its text (env values, log fields)."""
+
+
 # --- paths --------------------------------------------------------------------------------
 
 def _path_text(value: object) -> object:
@@ -173,7 +184,7 @@ class Log(Strict):
         Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)
     ] = "info"
     format: Literal["json", "text"] = "json"
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, Text] = Field(default_factory=dict)
 
 
 # --- backends -----------------------------------------------------------------------------
@@ -304,7 +315,7 @@ class ProcessBackend(_StreamBackend):
     """argv as written; argv[0] is looked up on PATH."""
     cwd: Annotated[Path | None, PlainValidator(_cwd)] = Field(default=None, validate_default=True)
     """Default: the config file's folder (None only when validated without a context)."""
-    env: Annotated[dict[str, str], SECRET] = Field(default_factory=dict)
+    env: Annotated[dict[str, Text], SECRET] = Field(default_factory=dict)
     """Added to the sidecar's environment. Values may be secrets: /config hides them."""
     restart: RestartBackoff = Field(default_factory=RestartBackoff)
 
@@ -504,7 +515,7 @@ class Route(Strict):
 class CompanionLog(Strict):
     path: ConfigPath
     parse: Regex | None = None
-    fields: dict[str, str] = Field(default_factory=dict)
+    fields: dict[str, Text] = Field(default_factory=dict)
     max_line_bytes: PositiveInt = 65536
 
 

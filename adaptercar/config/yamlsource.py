@@ -24,6 +24,7 @@ from adaptercar.config.problems import Problem, Severity, YamlPath, render_path
 MAX_NODES = 200_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
 class SourceMap:
@@ -102,6 +103,11 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         if id(node) in self.active:
             self.problem(node.start_mark.line + 1, path, "recursive YAML alias")
+            return None
+        if node.tag not in _PLAIN_TAGS:
+            # We build collections ourselves, so a tag would be silently ignored: refuse it.
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.problem(node.start_mark.line + 1, path, f"unsupported YAML tag '{tag}'")
             return None
         self.active.add(id(node))
         try:

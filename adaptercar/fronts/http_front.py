@@ -24,7 +24,7 @@ from ..logs import log
 from ..mapping.errors import HTTP_STATUS, CallError, Code
 from ..mapping.operation import CallContext
 from .calls import CurrentSet, MethodEntry
-from .http_routes import Match, MethodNotAllowed, RequestError, build_request
+from .http_routes import Match, MethodNotAllowed, RequestError, build_request, parse_message
 
 _TIMEOUT_RE = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -104,7 +104,7 @@ class JsonResource(resource.Resource):
         }
         try:
             shaped = build_request(match, query, body if body else None)
-            msg = json_format.ParseDict(shaped, entry.input_class(), ignore_unknown_fields=False)
+            msg = parse_message(shaped, entry.input_class)
         except RequestError as e:
             return self._error(request, entry, t0, rid, Code.INVALID_ARGUMENT, str(e))
         except json_format.ParseError as e:
@@ -112,9 +112,9 @@ class JsonResource(resource.Resource):
                 request, entry, t0, rid, Code.INVALID_ARGUMENT, f"invalid request: {e}"
             )
         meta = {
-            k.decode("latin-1").lower(): v.decode("latin-1")
-            for k, v in request.requestHeaders.getAllRawHeaders()
-            for v in [v[0]]
+            k.decode("latin-1").lower(): vs[0].decode("latin-1")
+            for k, vs in request.requestHeaders.getAllRawHeaders()
+            if vs
         }  # type: ignore[misc]
         deadline = None
         gt = meta.get("grpc-timeout")

@@ -49,7 +49,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Characters that end a literal segment; anything else (unreserved, sub-delims, '@', '%')
 # may appear in a literal.
 _LITERAL_STOP = frozenset("/:{}*=?# \t\r\n")
-_PCT_2F = re.compile(r"%2[fF]")
+_PCT_2F = re.compile(r"(%2[fF])")
 
 # Well-known message types that travel as a single JSON scalar, so a path or query value may
 # set them (google/api/http.proto allows these as "primitive" leaves).
@@ -141,11 +141,6 @@ class ParsedTemplate:
     def first_literal(self) -> str | None:
         first = self.segments[0]
         return first if isinstance(first, str) and first not in ("*", "**") else None
-
-    @property
-    def openapi_path(self) -> str:
-        parts = [f"{{{s.name}}}" if isinstance(s, PathVariable) else s for s in self.segments]
-        return "/" + "/".join(parts) + (f":{self.verb}" if self.verb else "")
 
 
 def _segment_regex(seg: str) -> str:
@@ -349,8 +344,8 @@ class Route:
     _input: _Fields = field(repr=False)
     _registry: dict[str, _Fields] = field(repr=False)
     _bindings: tuple[_Binding, ...] = field(repr=False)
-    _body_field: FieldDescriptor | None = field(repr=False)
-    response_field: FieldDescriptor | None = field(repr=False)
+    body_field: FieldDescriptor | None = field(repr=False)  # set when body names a field
+    response_field: FieldDescriptor | None = field(repr=False)  # set with response_body
     order: int = field(repr=False, default=0)
 
     @property
@@ -361,10 +356,6 @@ class Route:
     @property
     def variables(self) -> tuple[PathVariable, ...]:
         return self.parsed.variables
-
-    @property
-    def body_field(self) -> FieldDescriptor | None:
-        return self._body_field
 
     @property
     def path_bindings(self) -> tuple[tuple[PathVariable, FieldDescriptor], ...]:
@@ -411,7 +402,8 @@ def _decode(raw: str, multi: bool, name: str) -> str:
     try:
         if not multi:
             return unquote(raw, errors="strict")
-        return "%2F".join(unquote(p, errors="strict") for p in _PCT_2F.split(raw))
+        parts = _PCT_2F.split(raw)  # odd items are the %2F separators themselves
+        return "".join(p if i % 2 else unquote(p, errors="strict") for i, p in enumerate(parts))
     except UnicodeDecodeError:
         raise RequestError(f"path value for {name!r} is not valid percent-encoded UTF-8") from None
 
@@ -572,7 +564,7 @@ def _routes_for(target: RouteTarget, registry: dict[str, _Fields], start: int) -
                 _input=input_fields,
                 _registry=registry,
                 _bindings=bindings,
-                _body_field=body_field,
+                body_field=body_field,
                 response_field=response_field,
                 order=start + len(out),
             )
@@ -687,10 +679,10 @@ def build_request(
             result = {}
     else:
         result = {}
-        if route._body_field is not None:
+        if route.body_field is not None:
             if has_body:
                 assert body is not None
-                f = route._body_field
+                f = route.body_field
                 value = _parse_json(body)
                 _check_body_value(f, value)
                 result[f.json_name] = value
@@ -740,7 +732,7 @@ def _type_name(f: FieldDescriptor) -> str:
 
 def _apply_query(route: Route, result: dict[str, Any], query: Mapping[str, list[str]]) -> None:
     bound = route.bound_paths
-    body_field = route._body_field
+    body_field = route.body_field
     for key, values in query.items():
         where = f"query parameter {key!r}"
         chain = _resolve(route, key, where)

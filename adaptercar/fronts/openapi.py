@@ -8,7 +8,6 @@ in their JSON forms. Comments from the .proto files become summaries and descrip
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +22,6 @@ __all__ = ["ERROR_SCHEMA_NAME", "openapi_document"]
 ERROR_SCHEMA_NAME = "google.rpc.Status"
 _REF = "#/components/schemas/"
 _OPENAPI_VERBS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
-_ECMA_META = re.compile(r"[.^$*+?()\[\]{}|\\]")  # to escape in an ECMA-262 `pattern`
 _QUERY_DEPTH = 4  # nested query parameters (`a.b.c.d`) documented at most this deep
 
 _F = FieldDescriptor
@@ -225,31 +223,82 @@ def _operation_id(route: Route) -> str:
     return f"{base}_http" + (str(route.binding + 1) if route.binding else "")
 
 
-def _path_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
-    params = []
-    for var, leaf in route.path_bindings:
-        schema = schemas.single(leaf)
-        param: dict[str, Any] = {"name": var.name, "in": "path", "required": True}
+def _singular(word: str) -> str:
+    """A readable parameter name from a collection segment; cosmetic, so rules, no dictionary."""
+    for plural, single in (
+        ("ies", "y"),
+        ("sses", "ss"),
+        ("xes", "x"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("lves", "lf"),
+    ):
+        if word.endswith(plural) and len(word) > len(plural):
+            return word[: -len(plural)] + single
+    if word.endswith("s") and not word.endswith(("ss", "us")) and len(word) > 1:
+        return word[:-1]
+    return word
+
+
+def _path_and_parameters(route: Route, schemas: _Schemas) -> tuple[str, list[dict[str, Any]]]:
+    """The OpenAPI path of a route and its path parameters.
+
+    A variable of several segments is split into one parameter per `*`, named after the
+    literal before it (`{name=shelves/*/books/*}` -> `/shelves/{shelf}/books/{book}`): the
+    request is the same, and generated clients, which percent-encode a '/' inside a parameter,
+    then build paths the router matches. Only `**` stays one parameter whose '/' must be sent
+    unescaped.
+    """
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        n, candidate = 1, name
+        while candidate in used:
+            n += 1
+            candidate = f"{name}_{n}"
+        used.add(candidate)
+        return candidate
+
+    variables = {id(v): leaf for v, leaf in route.path_bindings}
+    parts: list[str] = []
+    params: list[dict[str, Any]] = []
+    for seg in route.parsed.segments:
+        if not isinstance(seg, PathVariable):
+            parts.append(seg)
+            continue
+        leaf = variables[id(seg)]
         described = schemas.comments.get(leaf.full_name)
-        if var.multi_segment:
-            fmt = "/".join(var.segments)
-            note = f"Format: `{fmt}` (send its '/' unescaped)."
-            described = f"{described}\n\n{note}".strip()
-            if schema.get("type") == "string":
-                schema = {**schema, "pattern": _pattern(var)}
-        if described:
-            param["description"] = described
-        param["schema"] = schema
-        params.append(param)
-    return params
-
-
-def _pattern(var: PathVariable) -> str:
-    parts = [
-        "[^/]+" if s == "*" else ".*" if s == "**" else _ECMA_META.sub(r"\\\g<0>", s)
-        for s in var.segments
-    ]
-    return "^" + "/".join(parts) + "$"
+        if not seg.multi_segment:
+            param: dict[str, Any] = {"name": unique(seg.name), "in": "path", "required": True}
+            if described:
+                param["description"] = described
+            param["schema"] = schemas.single(leaf)
+            parts.append("{" + param["name"] + "}")
+            params.append(param)
+            continue
+        fmt = "/".join(seg.segments)
+        for i, inner in enumerate(seg.segments):
+            if inner not in ("*", "**"):
+                parts.append(inner)
+                continue
+            before = seg.segments[i - 1] if i > 0 else ""
+            base = _singular(before) if before not in ("", "*", "**") else seg.name
+            name = unique(base)
+            note = f"Part of `{seg.name}`, which is `{fmt}`."
+            if inner == "**":
+                note += " May hold several segments: send their '/' unescaped."
+            parts.append("{" + name + "}")
+            params.append(
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "description": f"{described}\n\n{note}".strip(),
+                    "schema": {"type": "string"},
+                }
+            )
+    path = "/" + "/".join(parts) + (f":{route.parsed.verb}" if route.parsed.verb else "")
+    return path, params
 
 
 def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
@@ -291,7 +340,7 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     return out
 
 
-def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
+def _operation(route: Route, schemas: _Schemas) -> tuple[str, dict[str, Any]]:
     method = route.method
     comment = schemas.comments.get(method.full_name)
     op: dict[str, Any] = {
@@ -301,7 +350,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     }
     if comment and comment != op["summary"]:
         op["description"] = comment
-    params = _path_parameters(route, schemas) + _query_parameters(route, schemas)
+    path, params = _path_and_parameters(route, schemas)
+    params += _query_parameters(route, schemas)
     if params:
         op["parameters"] = params
     if route.body:
@@ -324,7 +374,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": _REF + ERROR_SCHEMA_NAME}}},
         },
     }
-    return op
+    return path, op
 
 
 def openapi_document(
@@ -348,12 +398,12 @@ def openapi_document(
             continue  # a custom HTTP method OpenAPI cannot describe
         if route.service not in services:
             services.append(route.service)
-        item = paths.setdefault(route.parsed.openapi_path, {})
-        op = _operation(route, schemas)
+        path, op = _operation(route, schemas)
+        item = paths.setdefault(path, {})
         existing = item.get(verb)
         if existing is not None:
-            # Two templates that differ only inside a variable (`{name=a/*}`, `{name=b/*}`)
-            # share an OpenAPI path; document the second on the first.
+            # `/{a}` and `/{b}` are one OpenAPI path; Router.build rejects them for one
+            # verb, but keep the document whole should that ever change.
             extra = f"Also serves {route.http_method} {route.template} ({route.method.full_name})."
             existing["description"] = (existing.get("description", "") + "\n\n" + extra).strip()
             continue

@@ -69,9 +69,11 @@ def converter_for(fd: FieldDescriptor, encoding: str) -> Converter:
     if ct == FieldDescriptor.CPPTYPE_BOOL:
         return _bool
     if ct == FieldDescriptor.CPPTYPE_ENUM:
-        names = {v.name: v.number for v in fd.enum_type.values}
+        enum_type = fd.enum_type
+        assert enum_type is not None
+        names = {v.name: v.number for v in enum_type.values}
         upper = {k.upper(): v for k, v in names.items()}
-        numbers = {v.number for v in fd.enum_type.values}
+        numbers = {v.number for v in enum_type.values}
 
         def enum_conv(text: str) -> int:
             s = text.strip()
@@ -81,7 +83,7 @@ def converter_for(fd: FieldDescriptor, encoding: str) -> Converter:
                 return upper[s.upper()]
             if s.lstrip("-").isdigit() and int(s) in numbers:
                 return int(s)
-            raise ValueError(f"not a value of enum {fd.enum_type.name} ({', '.join(names)})")
+            raise ValueError(f"not a value of enum {enum_type.name} ({', '.join(names)})")
 
         return enum_conv
     if fd.type == FieldDescriptor.TYPE_BYTES:
@@ -121,7 +123,7 @@ class FieldSetter:
 
 
 def _type_name(fd: FieldDescriptor) -> str:
-    if fd.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+    if fd.cpp_type == FieldDescriptor.CPPTYPE_ENUM and fd.enum_type is not None:
         return fd.enum_type.full_name
     names = {
         FieldDescriptor.TYPE_STRING: "string",

@@ -187,8 +187,8 @@ class ReplyReader:
                 if len(self.raw) < 50:
                     self.raw.append(text)
                 if spec.until is None:
-                    rule = self._match_rules(text)
-                    if rule is None:
+                    single = self._match_rules(text)
+                    if single is None:
                         raise self._unknown()
                     if self.pending_body is None:
                         return self._finish()
@@ -202,8 +202,8 @@ class ReplyReader:
                 if spec.each is not None and not is_end:
                     self._element(text)
                     continue
-                rule = self._match_rules(text)
-                if rule is None and not is_end:
+                matched = self._match_rules(text)
+                if matched is None and not is_end:
                     self.unmatched = True
                 if is_end:
                     self.ended = True

@@ -128,6 +128,7 @@ def _request_getter(scope: Scope, path: list[str], ref: str) -> tuple[Getter, An
     sample = _SAMPLES.get(fd.cpp_type, "text")
 
     if fd.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+        assert fd.enum_type is not None
         by_number = {v.number: v.name for v in fd.enum_type.values}
 
         def get_enum(ctx: RenderContext, names: tuple[str, ...] = names) -> Any:

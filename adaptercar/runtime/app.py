@@ -30,7 +30,9 @@ class Runtime:
     """The live state of one worker (or the single process): current set, pools, fronts."""
 
     def __init__(self, config_path: str, roles: list[str], loop: Any, reporter: Any = None) -> None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
 
         from ..compile import build_set, load_all
         from ..fronts.calls import CurrentSet
@@ -65,7 +67,7 @@ class Runtime:
         if "http" in self.roles:
             import json
 
-            from ..fronts.http_routes import RouteTarget, Router
+            from ..fronts.http_routes import Router, RouteTarget
             from ..fronts.openapi import openapi_document
 
             targets = [RouteTarget(e.service, e.descriptor, cs.protoset.http_rule(e.descriptor))
@@ -124,24 +126,57 @@ class Runtime:
         return {"ok": True}
 
 
-def _run(top: service.MultiService, on_started: Any = None) -> int:
-    from twisted.internet import reactor
+class _Exit:
+    code = 0
 
-    def start() -> None:
-        top.startService()
-        # startService of children may return Deferreds (gRPC); poll listening via callback
+
+def _fail_start(exc: BaseException, what: str) -> None:
+    """A start-up failure (port taken, ...) is one clear line and exit status 1."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+
+    msg = exc.value if hasattr(exc, "value") else exc  # a Failure or an exception
+    log.error("start_failed", what=what, error=str(msg))
+    print(f"adaptercar: cannot start {what}: {msg}", file=sys.stderr)
+    _Exit.code = 1
+    if reactor.running:
+        reactor.stop()
+
+
+def _run(top: service.MultiService, on_started: Any = None, signals: Any = None) -> int:
+    """Start the service tree once the reactor runs; our signal handlers go in after
+    Twisted's own (it installs SIGTERM/SIGINT handlers and the SIGCHLD reaper at start)."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+
+    @defer.inlineCallbacks
+    def start() -> Any:
+        if signals is not None:
+            signals()
+        top.running = 1
+        try:
+            for svc in list(top):  # in order: backends, fronts; a front's failure stops the start
+                yield defer.maybeDeferred(svc.startService)
+        except Exception as e:  # noqa: BLE001
+            _fail_start(e, "the sidecar")
+            return
         if on_started is not None:
             on_started()
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    return 0
+    reactor.callWhenRunning(lambda: reactor.callLater(0, start))
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return _Exit.code
 
 
 def run_worker(role: str, config_path: str) -> int:
     loop = reactor_setup.install()
-    from twisted.internet import reactor, task
+    from twisted.internet import reactor as _reactor
+    from twisted.internet import task
+
+    reactor: Any = _reactor
 
     from .control import Reporter, listen_commands
 
@@ -161,12 +196,12 @@ def run_worker(role: str, config_path: str) -> int:
                 res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             reporter.send({"type": "reloaded", **res, "state": rt.state()})
         elif cmd.get("cmd") == "drain":
-            reactor.stop()  # type: ignore[attr-defined]
+            terminate()
 
     def on_eof() -> None:
-        if reactor.running:  # type: ignore[attr-defined]
+        if reactor.running:
             log.warning("supervisor_gone", role=role)
-            reactor.stop()  # type: ignore[attr-defined]
+            terminate()
 
     def started() -> None:
         rt.listening = True
@@ -174,10 +209,25 @@ def run_worker(role: str, config_path: str) -> int:
         lc = task.LoopingCall(lambda: reporter.send(rt.state()))
         lc.start(0.5)
 
-    import signal
+    drain_timeout = _drain_timeout(rt.loaded.config)
 
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))  # type: ignore[attr-defined]
-    return _run(top, lambda: reactor.callLater(0.2, started))  # type: ignore[attr-defined]
+    def terminate() -> None:
+        # Bounded shutdown whatever happens: past the drain timeout the worker exits anyway.
+        def force() -> None:
+            log.error("forced_exit", role=role, reason="drain timeout passed during shutdown")
+            os._exit(0)
+
+        reactor.callLater(drain_timeout + 2, force)
+        if reactor.running:
+            reactor.stop()
+
+    def signals() -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(terminate))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return _run(top, lambda: reactor.callLater(0.2, started), signals)
 
 
 class _SingleModel:
@@ -205,15 +255,19 @@ class _SingleModel:
 
 
 def _listen_admin(site: Any, listen: str) -> Any:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     host, _, port = listen.rpartition(":")
-    return reactor.listenTCP(int(port), site, interface=host.strip("[]") or "127.0.0.1")  # type: ignore[attr-defined]
+    return reactor.listenTCP(int(port), site, interface=host.strip("[]") or "127.0.0.1")
 
 
 def run_single(config_path: str) -> int:
     loop = reactor_setup.install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     from .admin import admin_site
     from .supervisor import install_signals
@@ -226,12 +280,15 @@ def run_single(config_path: str) -> int:
     def started() -> None:
         rt.listening = True
         if cfg.admin is not None:
-            _listen_admin(admin_site(model), cfg.admin.listen)
+            try:
+                _listen_admin(admin_site(model), cfg.admin.listen)
+            except Exception as e:  # noqa: BLE001
+                _fail_start(e, f"admin on {cfg.admin.listen}")
+                return
         log.info("started", mode="single-process", grpc=getattr(cfg.grpc, "listen", None),
                  http=getattr(cfg.http, "listen", None), admin=getattr(cfg.admin, "listen", None))
 
-    install_signals(reactor, reactor.stop, lambda: model.reload())  # type: ignore[attr-defined]
-    return _run(top, started)
+    return _run(top, started, lambda: install_signals(reactor, reactor.stop, model.reload))
 
 
 def run_supervisor(config_path: str) -> int:
@@ -249,7 +306,9 @@ def run_supervisor(config_path: str) -> int:
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client imported before PROMETHEUS_MULTIPROC_DIR was set")
     reactor_setup.install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     from ..compile import load_all
     from .admin import admin_site
@@ -270,18 +329,22 @@ def run_supervisor(config_path: str) -> int:
             return
         stopping["done"] = True
         log.info("shutdown", reason="signal")
-        sup.stop().addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+        sup.stop().addBoth(lambda _: reactor.stop() if reactor.running else None)
 
     def start() -> None:
+        install_signals(reactor, on_term, sup.reload)
         cfg = loaded.config
         if cfg.admin is not None:
-            _listen_admin(admin_site(sup), cfg.admin.listen)
+            try:
+                _listen_admin(admin_site(sup), cfg.admin.listen)
+            except Exception as e:  # noqa: BLE001
+                _fail_start(e, f"admin on {cfg.admin.listen}")
+                return
         sup.start()
         log.info("started", mode="supervisor", grpc=getattr(cfg.grpc, "listen", None),
                  http=getattr(cfg.http, "listen", None), admin=getattr(cfg.admin, "listen", None))
 
-    install_signals(reactor, on_term, lambda: sup.reload())
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lambda: reactor.callLater(0, start))
+    reactor.run()
     shutil.rmtree(mpdir, ignore_errors=True)
-    return 0
+    return _Exit.code

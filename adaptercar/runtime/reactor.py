@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 
 def install() -> asyncio.AbstractEventLoop:
     if "twisted.internet.reactor" in sys.modules:
         from twisted.internet import reactor
 
-        loop = getattr(reactor, "_asyncioEventloop", None)
-        if loop is None:
+        existing: Any = getattr(reactor, "_asyncioEventloop", None)
+        if existing is None:
             raise RuntimeError("a non-asyncio Twisted reactor was installed before adaptercar's")
-        return loop  # type: ignore[no-any-return]
+        return existing  # type: ignore[no-any-return]
+    new_loop: asyncio.AbstractEventLoop
     try:
         import uvloop
 
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        new_loop = uvloop.new_event_loop()
     except ImportError:
-        loop = asyncio.new_event_loop()
+        new_loop = asyncio.new_event_loop()
+    loop = new_loop
     asyncio.set_event_loop(loop)
     from twisted.internet import asyncioreactor
 

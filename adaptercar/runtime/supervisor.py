@@ -32,8 +32,11 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.splitter = LineSplitter(self._message)
         self.pending_reload: defer.Deferred[dict[str, Any]] | None = None
 
+    def _t(self) -> Any:
+        return self.transport
+
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pid = self._t().pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803
         if childFD == 3:
@@ -54,13 +57,13 @@ class WorkerProcess(protocol.ProcessProtocol):
     def send(self, cmd: dict[str, Any]) -> None:
         if self.transport is not None:
             try:
-                self.transport.write(encode(cmd))
+                self._t().write(encode(cmd))
             except Exception:  # noqa: BLE001 - a dying worker's pipe
                 pass
 
     def signal(self, sig: str) -> None:
         try:
-            self.transport.signalProcess(sig)  # type: ignore[union-attr]
+            self._t().signalProcess(sig)
         except Exception:  # noqa: BLE001 - already gone
             pass
 

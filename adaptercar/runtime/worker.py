@@ -97,19 +97,25 @@ class HttpService(service.Service):
         self.drain_timeout = drain_timeout
 
     def startService(self) -> None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
 
         super().startService()
         host, _, port = self.listen.rpartition(":")
-        self.port = reactor.listenTCP(int(port), self.site, interface=host.strip("[]") or "0.0.0.0")  # type: ignore[attr-defined]
+        self.port = reactor.listenTCP(int(port), self.site, interface=host.strip("[]") or "0.0.0.0")
 
     def stopService(self) -> Any:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
 
         super().stopService()
+        if self.port is None:
+            return None
         d = defer.maybeDeferred(self.port.stopListening)
         d.addCallback(lambda _: self.drain.idle())
-        d.addTimeout(self.drain_timeout, reactor)  # type: ignore[arg-type]
+        d.addTimeout(self.drain_timeout, reactor)
         d.addErrback(lambda _: None)
         return d
 
