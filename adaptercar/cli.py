@@ -16,7 +16,7 @@ def _check(args: argparse.Namespace) -> int:
     if errors:
         print(f"{len(errors)} problem(s) found in {args.config}", file=sys.stderr)
         return 1
-    print(f"{args.config}: OK ({len(loaded.ops)} methods mapped, {len(loaded.line_specs)} backends)")
+    print(f"{args.config}: OK ({len(loaded.ops)} methods mapped, {len(loaded.specs)} backends)")
     return 0
 
 

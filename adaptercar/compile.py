@@ -9,6 +9,7 @@ the mappings' `examples:` offline, and collects *every* problem with its file an
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -21,14 +22,21 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 
 from .backends.line import LinePool, LineSpec, ProbeSpec
+from .backends.process import ProcessPool, ProcessSpec, child_env
 from .config.load import load_all as config_load_all
 from .config.problems import Problem
 from .config.yamlsource import SourceMap
 from .mapping import framing as fr
 from .mapping.convert import ConfigTargetError, field_setter, repeated_message_field
 from .mapping.errors import CallError, Code
-from .mapping.operation import CallContext, LineOperation, RequestItem, run_offline
-from .mapping.reply import BodySpec, EachSpec, Limits, ReplySpec, Rule
+from .mapping.operation import (
+    CallContext,
+    LineOperation,
+    RequestItem,
+    line_breaks_refused,
+    run_offline,
+)
+from .mapping.reply import BodySpec, EachSpec, Limits, ReplySpec, Rule, SideRule
 from .mapping.template import Scope, Template, TemplateError, compile_template
 from .protos import ProtoError, ProtoSet, compile_protos, empty_protoset
 
@@ -42,7 +50,7 @@ class Loaded:
     source: SourceMap | None = None
     protoset: ProtoSet = field(default_factory=empty_protoset)
     problems: list[Problem] = field(default_factory=list)
-    line_specs: dict[str, LineSpec] = field(default_factory=dict)
+    specs: dict[str, LineSpec | ProcessSpec] = field(default_factory=dict)
     ops: dict[str, LineOperation] = field(default_factory=dict)
     service_backends: dict[str, set[str]] = field(default_factory=dict)
 
@@ -67,7 +75,8 @@ def _regex(c: _Collector, path: Path_, pattern: str) -> re.Pattern[str] | None:
     try:
         return re.compile(pattern)
     except re.error as e:
-        c.error(path, f"regular expression {pattern!r} does not compile: {e}")
+        # shown as written in YAML (repr would double every backslash of '\d')
+        c.error(path, f"regular expression '{pattern}' does not compile: {e}")
         return None
 
 
@@ -111,13 +120,15 @@ def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) 
     if line.probe is not None:
         pat = _regex(c, (*base, "probe", "expect"), line.probe.expect or "")
         try:
-            send = encode_const(framing, encoding, line.probe.send)
-        except ValueError as e:
+            # a template like on_connect's `send` (so `{env.NAME}` works and braces mean the same)
+            text = compile_template(line.probe.send, scope).render(_EMPTY_CTX)
+            send = encode_const(framing, encoding, text)
+        except (TemplateError, ValueError) as e:
             c.error((*base, "probe", "send"), str(e))
             ok = False
         else:
             if pat is not None:
-                probe = ProbeSpec(send, pat, line.probe.every)
+                probe = ProbeSpec(send, pat, line.probe.every, line.probe.timeout)
     if not ok:
         return None
     pool = line.pool
@@ -130,7 +141,52 @@ def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) 
     )
 
 
+def _process_spec(name: str, proc: Any, c: _Collector, environ: Mapping[str, str]) -> ProcessSpec | None:
+    """A process backend: argv as written, argv[0] looked up on PATH (of the child's env,
+    from its cwd) now, so a typo is a `check` error and not a crash loop in production."""
+    import shutil
+
+    base: Path_ = ("backends", name, "process")
+    encoding = proc.encoding
+    try:
+        framing = _framing(proc, encoding)
+        fr.Decoder(framing, proc.max_line_bytes)
+    except (ValueError, UnicodeError) as e:
+        c.error((*base, "framing"), f"invalid framing: {e}")
+        return None
+    env = child_env({k: str(v) for k, v in proc.env.items()}, environ)
+    cwd = str(proc.cwd) if proc.cwd is not None else "."
+    argv0 = proc.command[0]
+    found = shutil.which(argv0, path=env.get("PATH")) if "/" not in argv0 else (
+        argv0 if os.path.isabs(argv0) else os.path.join(cwd, argv0))
+    if found is None or not os.path.exists(found):
+        c.error((*base, "command", 0), f"program {argv0!r} not found "
+                f"({'on PATH' if '/' not in argv0 else 'relative to cwd ' + cwd})")
+        return None
+    banner = _regex(c, (*base, "banner"), proc.banner) if proc.banner else None
+    scope = Scope(request=None, env=environ, encoding=encoding, allow_meta=False, allow_claims=False)
+    on_connect: list[tuple[bytes, re.Pattern[str] | None]] = []
+    for i, step in enumerate(proc.on_connect):
+        try:
+            text = compile_template(step.send, scope).render(_EMPTY_CTX)
+            frame = encode_const(framing, encoding, text)
+        except (TemplateError, ValueError) as e:
+            c.error((*base, "on_connect", i, "send"), str(e))
+            return None
+        expect = _regex(c, (*base, "on_connect", i, "expect"), step.expect) if step.expect else None
+        on_connect.append((frame, expect))
+    return ProcessSpec(
+        name=name, argv=tuple(proc.command), env=env, cwd=cwd, framing=framing, encoding=encoding,
+        mode=proc.mode, pool_size=proc.pool.size, max_waiting=proc.pool.max_waiting, timeout=proc.timeout,
+        max_line_bytes=proc.max_line_bytes, max_reply_bytes=proc.max_reply_bytes,
+        restart_base=proc.restart.base, restart_max=proc.restart.max, banner=banner,
+        on_connect=tuple(on_connect),
+    )
+
+
 def encode_const(framing: fr.Framing, encoding: str, text: str) -> bytes:
+    if line_breaks_refused(framing, encoding) and ("\r" in text or "\n" in text):
+        raise ValueError(f"{text!r} cannot be sent: it contains a line break (CR or LF)")
     try:
         payload = text.encode(encoding)
     except UnicodeEncodeError as e:
@@ -156,16 +212,63 @@ def _templates(c: _Collector, path: Path_, text: str, scope: Scope) -> Template 
         return None
 
 
-def _rule(c: _Collector, path: Path_, rule: Any, out: Descriptor, req: Descriptor, spec: LineSpec,
-          environ: Mapping[str, str]) -> Rule | None:
+_PROCESS_GROUPS = frozenset({"exit_status", "stderr"})
+
+
+def _side_rule(c: _Collector, path: Path_, rule: Any, out: Descriptor, req: Descriptor,
+               spec: ProcessSpec, environ: Mapping[str, str]) -> SideRule | None:
+    if rule.body is not None:
+        c.error((*path, "body"), "a stderr/exit_status rule cannot read a byte-counted body")
+        return None
+    pat = None
+    if rule.stderr is not None:
+        pat = _regex(c, (*path, "stderr"), rule.stderr)
+        if pat is None:
+            return None
+    if rule.exit_status is not None and spec.mode != "per-call":
+        c.error((*path, "exit_status"), "exit_status rules need `mode: per-call` (a pooled "
+                "child's exit is a crash, answered UNAVAILABLE)")
+        return None
+    groups = frozenset(pat.groupindex if pat is not None else ()) | _PROCESS_GROUPS
+    scope = Scope(request=req, groups=groups, env=environ, encoding=spec.encoding)
+    fields = []
+    for target, text in rule.fields.items():
+        tpl = _templates(c, (*path, "fields", target), text, scope)
+        try:
+            setter = field_setter(out, target, spec.encoding)
+        except ConfigTargetError as e:
+            c.error((*path, "fields", target), f"reply field '{target}': {e}")
+            return None
+        if tpl is None:
+            return None
+        fields.append((tpl, setter))
+    error = None
+    if rule.error is not None:
+        msg_tpl = None
+        if rule.error.message is not None:
+            msg_tpl = _templates(c, (*path, "error", "message"), rule.error.message, scope)
+            if msg_tpl is None:
+                return None
+        error = (Code[rule.error.code], msg_tpl)
+    return SideRule(pat, rule.exit_status, tuple(fields), error)
+
+
+def _rule(c: _Collector, path: Path_, rule: Any, out: Descriptor, req: Descriptor,
+          spec: LineSpec | ProcessSpec, environ: Mapping[str, str]) -> Rule | None:
     if rule.match is None:
         c.error(path, "line backends read stdout frames: this rule needs 'match' "
                       "('stderr' and 'exit_status' are for process backends)")
+        return None
+    if rule.exit_status is not None:
+        c.error((*path, "exit_status"), "a rule tests either a stdout frame ('match') or the "
+                "exit status; write two rules")
         return None
     pat = _regex(c, (*path, "match"), rule.match)
     if pat is None:
         return None
     groups = frozenset(pat.groupindex)
+    if isinstance(spec, ProcessSpec):
+        groups |= _PROCESS_GROUPS - groups
     scope = Scope(request=req, groups=groups, env=environ, encoding=spec.encoding)
     fields = []
     ok = True
@@ -204,7 +307,8 @@ def _rule(c: _Collector, path: Path_, rule: Any, out: Descriptor, req: Descripto
     return Rule(pat, tuple(fields), error, body)
 
 
-def _each(c: _Collector, path: Path_, each: Any, out: Descriptor, req: Descriptor, spec: LineSpec,
+def _each(c: _Collector, path: Path_, each: Any, out: Descriptor, req: Descriptor,
+          spec: LineSpec | ProcessSpec,
           protoset: ProtoSet, environ: Mapping[str, str]) -> EachSpec | None:
     if not each.into:
         c.error(path, "missing required key 'into' (the repeated message field to fill)")
@@ -244,7 +348,8 @@ def _each(c: _Collector, path: Path_, each: Any, out: Descriptor, req: Descripto
     return EachSpec(parents, fd.name, el_class, pattern=pat, fields=tuple(fields))
 
 
-def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str, spec: LineSpec,
+def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,
+             spec: LineSpec | ProcessSpec,
              protoset: ProtoSet, line_cfg: Any, environ: Mapping[str, str]) -> LineOperation | None:
     md = protoset.method(service, name)
     req, out = md.input_type, md.output_type
@@ -257,6 +362,10 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     scope = Scope(request=req, env=environ, encoding=spec.encoding)
     items: list[RequestItem] = []
     raw_items = [m.request] if isinstance(m.request, str) else list(m.request)
+    if not raw_items:
+        c.error((*mpath, "request"), "needs at least one frame (a request that sends nothing "
+                                     "would only wait for its timeout)")
+        return None
     ok = True
     for i, item in enumerate(raw_items):
         ipath = (*mpath, "request") if isinstance(m.request, str) else (*mpath, "request", i)
@@ -267,10 +376,13 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
             ok = False
             continue
         literal = "".join(p for p in tpl.parts if isinstance(p, str))
-        if not is_body and isinstance(spec.framing, fr.Delimited) and \
-                spec.framing.delimiter.decode(spec.encoding, "replace") in literal:
-            c.error(ipath, "the template's literal text contains the framing delimiter; "
-                           "use a list of frames instead")
+        if not is_body and isinstance(spec.framing, fr.Delimited) and (
+            spec.framing.delimiter.decode(spec.encoding, "replace") in literal
+            or (line_breaks_refused(spec.framing, spec.encoding)
+                and ("\r" in literal or "\n" in literal))
+        ):
+            c.error(ipath, "the template's literal text contains the framing delimiter or a "
+                           "line break; use a list of frames instead")
             ok = False
         items.append(RequestItem(tpl, is_body))
     resp = m.response
@@ -286,19 +398,28 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
         if resp.each is not None:
             each = _each(c, (*mpath, "response", "each"), resp.each, out, req, spec, protoset, environ)
             ok = ok and each is not None
+    side_rules: list[SideRule] = []
     for i, r in enumerate(rule_list):
+        if isinstance(spec, ProcessSpec) and r.match is None:
+            side = _side_rule(c, (*rpath, i), r, out, req, spec, environ)
+            if side is None:
+                ok = False
+            else:
+                side_rules.append(side)
+            continue
         rule = _rule(c, (*rpath, i), r, out, req, spec, environ)
         if rule is None:
             ok = False
         else:
             rules.append(rule)
-    if not rules and until is None:
+    if not rule_list and until is None:
         c.error((*mpath, "response"), "needs at least one rule")
         ok = False
     if not ok:
         return None
     limits = Limits(line_cfg.max_reply_bytes, line_cfg.max_frames)
-    reply = ReplySpec(protoset.message_class(out), tuple(rules), until, each, spec.encoding, limits)
+    reply = ReplySpec(protoset.message_class(out), tuple(rules), until, each, spec.encoding, limits,
+                      tuple(side_rules))
     return LineOperation(
         service=service, method=name, backend=backend, input_class=protoset.message_class(req),
         output_class=protoset.message_class(out), items=tuple(items), reply=reply, framing=spec.framing,
@@ -306,26 +427,37 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     )
 
 
-def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any) -> None:
+def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any,
+                  process_mode: str | None = None) -> None:
+    """`process_mode`: a process backend's mode, so `stderr`/`exit_status` examples are read
+    as that backend reads them (None: a line backend, whose examples have neither)."""
     for i, ex in enumerate(m.examples):
         epath = (*mpath, "examples", i)
+        if ex.exit_status is not None and process_mode != "per-call":
+            c.error((*epath, "exit_status"), "an exit status is only seen in `mode: per-call` "
+                    "(a pooled child's exit is a crash, answered UNAVAILABLE)")
+            continue
         try:
             request = json_format.ParseDict(ex.request, op.input_class())
         except json_format.ParseError as e:
-            c.error((*epath, "request"), f"example request does not fit {op.input_class.DESCRIPTOR.full_name}: {e}")
+            c.error((*epath, "request"),
+                    f"example request does not fit {op.input_class.DESCRIPTOR.full_name}: {_one_line(e)}")
             continue
-        frames = ex.reply.split("\n") if ex.reply else []
         expect = ex.expect
         try:
-            result = run_offline(op, request, frames)
+            result = run_offline(op, request, ex.reply, stderr=ex.stderr, exit_status=ex.exit_status,
+                                 per_call=process_mode == "per-call")
         except CallError as e:
             want = getattr(expect, "error", None)
             if want is None:
                 c.error(epath, f"example failed: expected a reply, got {e.code.name}: {e.message}")
             elif want != e.code.name:
                 c.error(epath, f"example failed: expected error {want}, got {e.code.name}: {e.message}")
-            elif getattr(expect, "message", None) and not re.search(expect.message, e.message):
-                c.error(epath, f"example failed: error message {e.message!r} does not match {expect.message!r}")
+            elif getattr(expect, "message", None):
+                pattern = _regex(c, (*epath, "expect", "message"), expect.message)
+                if pattern is not None and not pattern.search(e.message):
+                    c.error(epath, f"example failed: error message {e.message!r} does not match "
+                                   f"{expect.message!r}")
             continue
         if getattr(expect, "error", None) is not None:
             c.error(epath, f"example failed: expected error {expect.error}, got a reply "
@@ -334,12 +466,52 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any) -> Non
         try:
             want_msg = json_format.ParseDict(expect, op.output_class())
         except json_format.ParseError as e:
-            c.error((*epath, "expect"), f"expected reply does not fit {op.output_class.DESCRIPTOR.full_name}: {e}")
+            c.error((*epath, "expect"),
+                    f"expected reply does not fit {op.output_class.DESCRIPTOR.full_name}: {_one_line(e)}")
             continue
         if want_msg != result:
-            got = json_format.MessageToDict(result, preserving_proto_field_name=True)
-            want = json_format.MessageToDict(want_msg, preserving_proto_field_name=True)
-            c.error(epath, f"example failed: expected {want}, got {got}")
+            c.error(epath, "example failed: " + "; ".join(_differences(want_msg, result)))
+
+
+def _relative_paths(text: str) -> str:
+    """protoc names files by the absolute paths it was given; show them from the current
+    folder, as every other problem names its file."""
+    here = os.getcwd().rstrip(os.sep) + os.sep
+    return text.replace(here, "") if here != os.sep else text
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _show(fd: Any, value: Any) -> str:
+    if fd.is_repeated:
+        return "[" + ", ".join(_show_one(fd, v) for v in value) + "]"
+    return _show_one(fd, value)
+
+
+def _show_one(fd: Any, value: Any) -> str:
+    if fd.message_type is not None:
+        return json.dumps(json_format.MessageToDict(value, preserving_proto_field_name=True),
+                          ensure_ascii=False)
+    if fd.enum_type is not None:
+        known = fd.enum_type.values_by_number.get(value)
+        return known.name if known is not None else str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | bytes):
+        return repr(value)
+    return str(value)
+
+
+def _differences(want: Any, got: Any) -> list[str]:
+    """Field by field, so a failing example says which field is wrong, not two whole dicts."""
+    out = []
+    for fd in want.DESCRIPTOR.fields:
+        a, b = getattr(want, fd.name), getattr(got, fd.name)
+        if a != b:
+            out.append(f"{fd.name}: expected {_show(fd, a)}, got {_show(fd, b)}")
+    return out or ["the reply differs from 'expect'"]
 
 
 def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
@@ -356,13 +528,16 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
         try:
             loaded.protoset = compile_protos([Path(p) for p in cfg.protos])
         except ProtoError as e:
-            top.error(("protos",), f"protos do not compile:\n{e}")
+            top.error(("protos",), f"protos do not compile:\n{_relative_paths(str(e))}")
             return loaded
     for name, b in cfg.backends.items():
+        spec: LineSpec | ProcessSpec | None = None
         if b.line is not None:
             spec = _line_spec(name, b.line, top, env)
-            if spec is not None:
-                loaded.line_specs[name] = spec
+        elif b.process is not None:
+            spec = _process_spec(name, b.process, top, env)
+        if spec is not None:
+            loaded.specs[name] = spec
     mapped: set[str] = set()
     for mres in project.mappings:
         mp = mres.validated
@@ -382,32 +557,38 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 known = ", ".join(x.name for x in svc.methods)
                 mc.error(mpath, f"{mp.service} has no method {name!r} (methods: {known})")
                 continue
-            if md.client_streaming or md.server_streaming:
-                mc.error(mpath, f"{mp.service}.{name} is a streaming rpc; only unary rpcs can be mapped")
-                continue
             full = f"/{mp.service}/{name}"
             if full in mapped:
                 continue  # reported by the config checks
-            mapped.add(full)
+            mapped.add(full)  # mapped, if wrongly: no "not mapped" note on top of the error
+            if md.client_streaming or md.server_streaming:
+                mc.error(mpath, f"{mp.service}.{name} is a streaming rpc; only unary rpcs can be mapped")
+                continue
             backend = m.backend or mp.backend
             bcfg = cfg.backends.get(backend)
             if bcfg is None:
                 continue  # reported by the config checks
-            if bcfg.line is None:
-                kind = "process" if bcfg.process is not None else "soap"
+            stream_cfg = bcfg.line if bcfg.line is not None else bcfg.process
+            if stream_cfg is None:
                 bpath = (*mpath, "backend") if m.backend else ("backend",)
-                mc.error(bpath, f"backend {backend!r} is a {kind} backend, which this version does not serve yet")
+                mc.error(bpath, f"backend {backend!r} is a soap backend, which this version does not serve yet")
                 continue
-            spec = loaded.line_specs.get(backend)
-            if spec is None:
+            bspec = loaded.specs.get(backend)
+            if bspec is None:
                 continue  # its config problems are already reported
-            op = _line_op(mc, mpath, mp.service, name, m, backend, spec, loaded.protoset, bcfg.line, env)
+            op = _line_op(mc, mpath, mp.service, name, m, backend, bspec, loaded.protoset, stream_cfg, env)
             if op is None:
                 continue
             if run_examples:
-                _run_examples(mc, mpath, op, m)
+                _run_examples(mc, mpath, op, m, bspec.mode if isinstance(bspec, ProcessSpec) else None)
             loaded.ops[full] = op
             loaded.service_backends.setdefault(mp.service, set()).add(backend)
+    # One reading order for every problem, whichever stage found it: the config file first,
+    # then the mapping files as loaded, each from top to bottom.
+    order = {res.source.file: 0}
+    for index, mres in enumerate(project.mappings, start=1):
+        order.setdefault(mres.source.file, index)
+    loaded.problems.sort(key=lambda p: (order.get(p.file, len(order)), p.line))
     if loaded.errors:
         loaded.config = None
     for sname, svc in loaded.protoset.services().items():
@@ -427,15 +608,20 @@ def redacted_view(loaded: Loaded) -> dict[str, Any]:
 
 
 def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
-              reuse: Mapping[str, LinePool] | None = None) -> Any:
+              reuse: Mapping[str, Any] | None = None) -> Any:
     """Turn a problem-free load into live objects. Pools whose spec did not change are reused
     (their connections survive a reload); the caller starts new ones and stops dropped ones."""
     from .fronts.calls import ConfigSet, MethodEntry
 
-    pools: dict[str, LinePool] = {}
-    for name, spec in loaded.line_specs.items():
+    pools: dict[str, LinePool | ProcessPool] = {}
+    for name, spec in loaded.specs.items():
         old = (reuse or {}).get(name)
-        pools[name] = old if old is not None and old.spec == spec else LinePool(spec, reactor)
+        if old is not None and old.spec == spec:
+            pools[name] = old
+        elif isinstance(spec, ProcessSpec):
+            pools[name] = ProcessPool(spec, reactor)
+        else:
+            pools[name] = LinePool(spec, reactor)
     methods: dict[str, MethodEntry] = {}
     for path, op in loaded.ops.items():
         pool = pools[op.backend]
@@ -448,7 +634,7 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
                      methods=methods, backends=dict(pools), service_backends=loaded.service_backends)
 
 
-def _invoker(op: LineOperation, pool: LinePool, drain: Any) -> Any:
+def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any:
     default_timeout = op.timeout if op.timeout is not None else pool.spec.timeout
     monotonic = time.monotonic
 

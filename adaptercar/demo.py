@@ -114,13 +114,14 @@ class Demo:
         p = self.ports
         h = f"http://127.0.0.1:{p['http']}"
         return f"""
-adaptercar demo: the 1990s ledger server (legacy_fixtures/ledger, a TCP line protocol on
-127.0.0.1:{p['ledger']}) is now also a gRPC and a JSON/HTTP API.
+adaptercar demo: two legacy programs are now also gRPC and JSON/HTTP APIs:
+  - the 1990s ledger server (legacy_fixtures/ledger, a TCP line protocol on 127.0.0.1:{p['ledger']})
+  - ratequote, a stdin/stdout batch program (legacy_fixtures/ratequote), run as a pool of 2 children
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
   admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config, POST /reload)
-  config     {DEMO_CONFIG.relative_to(ROOT)}   mapping: mappings/ledger.yaml
+  config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml
   logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log
 
 Try:
@@ -131,6 +132,7 @@ Try:
   curl {h}/v1/accounts/1001/statement
   curl {h}/v1/accounts/9999/balance          # a legacy ERR 404 becomes HTTP 404 / NOT_FOUND
   curl -X POST {h}/ledger.v1.Ledger/GetBalance -d '{{"accountId":"1002"}}'
+  curl -X POST {h}/v1/quotes -d '{{"product":"WIDGET","quantity":3,"region":"EU"}}'
   curl {h}/openapi.json
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
 
@@ -166,6 +168,24 @@ def _checks(ports: dict[str, int]) -> list[Check]:
         m = svc.methods_by_name[name]
         req_cls, resp_cls = ps.message_class(m.input_type), ps.message_class(m.output_type)
         stub = channel.unary_unary(f"/ledger.v1.Ledger/{name}", request_serializer=req_cls.SerializeToString,
+                                   response_deserializer=resp_cls.FromString)
+
+        def call() -> Any:
+            from google.protobuf import json_format
+
+            try:
+                return ("OK", json_format.MessageToDict(stub(req_cls(**fields), timeout=5)))
+            except grpc.RpcError as e:
+                return (e.code().name, e.details())
+
+        return call
+
+    rq = ps.services()["ratequote.v1.RateQuote"]
+
+    def rpc_rq(name: str, **fields: Any) -> Callable[[], Any]:
+        m = rq.methods_by_name[name]
+        req_cls, resp_cls = ps.message_class(m.input_type), ps.message_class(m.output_type)
+        stub = channel.unary_unary(f"/ratequote.v1.RateQuote/{name}", request_serializer=req_cls.SerializeToString,
                                    response_deserializer=resp_cls.FromString)
 
         def call() -> Any:
@@ -214,6 +234,14 @@ def _checks(ports: dict[str, int]) -> list[Check]:
          lambda r: r[0] == 404 and r[1]["code"] == 5),
         ("http malformed JSON -> 400", lambda: _raw_post(hp, "/v1/transfers", b"{nope"),
          lambda r: r[0] == 400 and r[1]["code"] == 3),
+        ("grpc RateQuote.Quote WIDGET x3 EU (stdio child)", rpc_rq("Quote", product="WIDGET", quantity=3, region="EU"),
+         lambda r: r == ("OK", {"unitPriceCents": "1250", "totalCents": "3750", "currency": "EUR", "region": "EU"})),
+        ("http POST /v1/quotes GADGET x2 US (stdio child)",
+         lambda: _http(hp, "POST", "/v1/quotes", {"product": "GADGET", "quantity": 2, "region": "US"}),
+         lambda r: r[0] == 200 and r[1]["currency"] == "USD" and r[1]["totalCents"] == "21996"),
+        ("http POST /v1/quotes unknown product -> 404",
+         lambda: _http(hp, "POST", "/v1/quotes", {"product": "NOPE", "quantity": 1, "region": "EU"}),
+         lambda r: r[0] == 404 and r[1]["code"] == 5),
         ("http GET /openapi.json", lambda: _http(hp, "GET", "/openapi.json"),
          lambda r: r[0] == 200 and "/v1/accounts/{accountId}/balance" in json.dumps(r[1]["paths"])
          or "/v1/accounts/{account_id}/balance" in json.dumps(r[1]["paths"])),

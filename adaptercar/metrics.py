@@ -7,6 +7,8 @@ worker starts); gauges declare how values from several processes combine.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,3 +49,103 @@ backend_up = Gauge(
     ["backend"],
     multiprocess_mode="livemin",
 )
+
+
+# --- per-call recording, batched --------------------------------------------------------------
+# In multiprocess mode every prometheus-client write is an mmap write behind a lock and a pid
+# check; profiled at ~17% of a JSON call's CPU. Calls therefore count into plain dicts and a
+# timer flushes them once a second (and at shutdown), so scrapes lag by at most a second.
+
+_BOUNDS = _LAT
+
+
+class _Hist:
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_BOUNDS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.sum += v
+        i = 0
+        for b in _BOUNDS:
+            if v <= b:
+                break
+            i += 1
+        self.buckets[i] += 1
+
+
+FLUSH_EVERY = 0.5
+
+
+class Recorder:
+    """Counts calls in plain dicts; the first record after a flush schedules the next flush,
+    so values reach /metrics within FLUSH_EVERY seconds and an idle worker wakes for nothing."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.request_hist: dict[tuple[str, str, str], _Hist] = {}
+        self.backend: dict[tuple[str, str], int] = {}
+        self.backend_hist: dict[str, _Hist] = {}
+        self.scheduled = False
+        self.shutdown_hooked = False
+
+    def _touch(self) -> None:
+        if self.scheduled:
+            return
+        self.scheduled = True
+        from twisted.internet import reactor as _reactor
+
+        reactor: Any = _reactor
+        if not self.shutdown_hooked:
+            self.shutdown_hooked = True
+            reactor.addSystemEventTrigger("before", "shutdown", self.flush)
+        reactor.callLater(FLUSH_EVERY, self.flush)
+
+    def request(self, front: str, service: str, method: str, code: str, seconds: float | None) -> None:
+        if not self.scheduled:
+            self._touch()
+        k = (front, service, method, code)
+        self.requests[k] = self.requests.get(k, 0) + 1
+        if seconds is not None:
+            hk = (front, service, method)
+            h = self.request_hist.get(hk)
+            if h is None:
+                h = self.request_hist[hk] = _Hist()
+            h.observe(seconds)
+
+    def backend_call(self, backend: str, outcome: str, seconds: float) -> None:
+        if not self.scheduled:
+            self._touch()
+        k = (backend, outcome)
+        self.backend[k] = self.backend.get(k, 0) + 1
+        h = self.backend_hist.get(backend)
+        if h is None:
+            h = self.backend_hist[backend] = _Hist()
+        h.observe(seconds)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        reqs, self.requests = self.requests, {}
+        for k, n in reqs.items():
+            requests_total.labels(*k).inc(n)
+        bk, self.backend = self.backend, {}
+        for k2, n in bk.items():
+            backend_requests_total.labels(*k2).inc(n)
+        for hk, h in self.request_hist.items():
+            _flush_hist(request_duration.labels(*hk), h)
+        self.request_hist = {}
+        for name, h in self.backend_hist.items():
+            _flush_hist(backend_duration.labels(name), h)
+        self.backend_hist = {}
+
+
+def _flush_hist(child: Any, h: _Hist) -> None:
+    child._sum.inc(h.sum)
+    for i, n in enumerate(h.buckets):
+        if n:
+            child._buckets[i].inc(n)
+
+
+recorder = Recorder()

@@ -461,7 +461,8 @@ def test_every_key_maps_to_the_line_that_spells_it(data: dict[str, object]) -> N
         if isinstance(node, dict):
             for key, value in node.items():
                 line = source_lines[doc.source.line(path + (key,)) - 1]
-                assert f"{key}:" in line
+                # safe_dump quotes keys YAML would read as something else ('no', 'on')
+                assert f"{key}:" in line or f"'{key}':" in line
                 walk(value, path + (key,))
         elif isinstance(node, list):
             for index, item in enumerate(node):

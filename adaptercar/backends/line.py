@@ -4,6 +4,18 @@ All protocol knowledge lives in the sans-IO core (framing Decoder, ReplyReader);
 only moves bytes, keeps connections, and enforces the one rule that protects callers from
 each other: a connection is never reused in an unknown state. After UNKNOWN, a timeout, a
 framing or bound error, or bytes arriving while nothing is outstanding, it is closed.
+
+Availability rules, each there because a simpler rule failed a real scenario:
+- A backend whose connects fail (or whose probe fails) is "down": calls fail fast with
+  UNAVAILABLE while connects are retried in the background with backoff.
+- Losing a connection that had worked is not "down": the server is probably restarting, so
+  for up to connect_timeout refused connects are retried quickly and calls wait instead of
+  failing.
+- A connection that dies young without a single reply counts as a failed connect, so a server
+  that hangs up on every session is retried with backoff, never in a loop.
+- The probe runs on an idle connection only: queued behind slow calls it would time out and
+  call a busy but healthy backend down.
+- Per-call mode opens at most pool.size connections at once; other calls wait, boundedly.
 """
 
 from __future__ import annotations
@@ -17,6 +29,9 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
+from twisted.internet.error import DNSLookupError
+from twisted.internet.error import TimeoutError as TxTimeoutError
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TxProtocol
 from twisted.python.failure import Failure
@@ -25,6 +40,16 @@ from .. import metrics
 from ..logs import log
 from ..mapping.errors import CallError, Code, quote_raw
 from ..mapping.framing import Decoder, Framing, FramingError, encode_frame
+
+#: A connection that dies younger than this without ever answering a call is treated as a
+#: failed connect (backoff), so a server that hangs up at once cannot cause a reconnect storm.
+YOUNG_CONNECTION_S = 1.0
+#: While a live connection was just lost, refused connects are retried this often (within the
+#: connect timeout) before the backend is declared down: a restarting server is not "down".
+GRACE_RETRY_S = 0.05
+#: A failing probe is retried this often (or every `probe.every`, whichever is shorter).
+PROBE_RETRY_S = 1.0
+GAUGE_EVERY_S = 0.5
 
 
 class Reader(Protocol):
@@ -36,6 +61,7 @@ class ProbeSpec:
     send: bytes  # already framed
     expect: re.Pattern[str]
     every: float
+    timeout: float | None = None  # None: the backend's timeout
 
 
 @dataclass(frozen=True)
@@ -121,10 +147,15 @@ class LegacyConnection(TxProtocol):
         self.handshake: deque[tuple[str, Any]] = deque()
         if spec.banner is not None:
             self.handshake.append(("expect", ExpectReader(spec.banner, spec.encoding, "banner")))
-        for frame, expect in spec.on_connect:
+        steps = len(spec.on_connect)
+        for i, (frame, expect) in enumerate(spec.on_connect):
+            # Steps are named by number only: the frame sent may hold a password.
             self.handshake.append(("send", frame))
-            self.handshake.append(("expect", ExpectReader(expect, spec.encoding, "on_connect")))
+            self.handshake.append(
+                ("expect", ExpectReader(expect, spec.encoding, f"on_connect step {i + 1} of {steps}"))
+            )
         self.ready = False
+        self.replies = 0  # replies read to their end: proof the conversation works
         self.closed = False
         self.born = time.monotonic()
         self.last_used = self.born
@@ -162,6 +193,8 @@ class LegacyConnection(TxProtocol):
                     result = call.reader.pump(self.decoder)
                 except CallError as e:
                     self.inflight.popleft()
+                    if e.reusable:
+                        self.replies += 1
                     self.pool.record(call, e)
                     call.fail(e)
                     if not e.reusable:
@@ -172,11 +205,16 @@ class LegacyConnection(TxProtocol):
                 if result is None:
                     break
                 self.inflight.popleft()
+                self.replies += 1
+                self.pool.failures = 0
                 self.pool.record(call, None)
                 call.finish(result)
                 done_any = True
             if not self.inflight and self.decoder.pending():
-                self.abort("unsolicited bytes from backend while no call was outstanding")
+                self.abort(
+                    "unsolicited bytes from backend while no call was outstanding: "
+                    + quote_raw(data[-self.decoder.pending():])
+                )
                 return
             if done_any:
                 self.pool.connection_free(self)
@@ -184,14 +222,18 @@ class LegacyConnection(TxProtocol):
             self.abort(f"framing error: {e}")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        by_peer = not self.closed
         self.closed = True
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         calls = list(self.inflight)
         self.inflight.clear()
+        if by_peer and self.ready:
+            log.info("backend_connection_lost", backend=self.pool.spec.name, calls_in_flight=len(calls),
+                     age_s=round(time.monotonic() - self.born, 3))
         if not self.ready_deferred.called:
             self.ready_deferred.errback(
-                Failure(CallError(Code.UNAVAILABLE, f"backend {self.pool.spec.name} closed the connection during login"))
+                Failure(CallError(Code.UNAVAILABLE, "the backend closed the connection during login"))
             )
         self.pool.connection_lost(self, calls)
 
@@ -208,13 +250,17 @@ class LegacyConnection(TxProtocol):
             except CallError as e:
                 self._handshake_failed(e.message)
                 return
+            except FramingError as e:
+                # Most often the framing configured does not match the server's.
+                self._handshake_failed(f"{arg.what}: framing error (is 'framing' right?): {e}")
+                return
             if text is None:
                 return
             self.handshake.popleft()
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         if self.decoder.pending():
-            self._handshake_failed("unexpected extra bytes after login")
+            self._handshake_failed("unexpected extra bytes after the banner/login")
             return
         self.ready = True
         if not self.ready_deferred.called:
@@ -223,11 +269,12 @@ class LegacyConnection(TxProtocol):
     def _handshake_failed(self, why: str) -> None:
         log.warning("backend_login_failed", backend=self.pool.spec.name, reason=why)
         if not self.ready_deferred.called:
-            self.ready_deferred.errback(Failure(CallError(Code.UNAVAILABLE, f"backend {self.pool.spec.name}: {why}")))
-        self.abort(why)
+            self.ready_deferred.errback(Failure(CallError(Code.UNAVAILABLE, why)))
+        self.abort(why, "login-failed")
 
     def _handshake_timeout(self) -> None:
-        self._handshake_failed("timed out waiting for the banner/login reply")
+        step = next((arg.what for kind, arg in self.handshake if kind == "expect"), "login")
+        self._handshake_failed(f"{step}: no reply in time")
 
     # -- used by the pool ------------------------------------------------------------------
     def _t(self) -> Any:
@@ -239,12 +286,14 @@ class LegacyConnection(TxProtocol):
         self.last_used = time.monotonic()
         self._t().write(call.data)
 
-    def abort(self, why: str) -> None:
+    def abort(self, why: str, kind: str = "closed-unknown-state") -> None:
+        """Close at once, unread bytes and all. `kind` is the restarts metric's reason label:
+        closed-unknown-state, timeout, login-failed, max-age or idle-timeout."""
         if self.closed:
             return
         self.closed = True
         log.info("backend_connection_closed", backend=self.pool.spec.name, reason=why)
-        metrics.backend_restarts_total.labels(self.pool.spec.name, "closed-unknown-state").inc()
+        metrics.backend_restarts_total.labels(self.pool.spec.name, kind).inc()
         self._t().abortConnection()
 
 
@@ -274,10 +323,13 @@ class LinePool:
         self.waiting: deque[Call] = deque()
         self.down = False  # the last connect attempt failed: fail fast until one succeeds
         self.down_reason = ""
-        self.failures = 0
+        self.failures = 0  # failed rounds of connects (or young deaths) since the last success
+        self.grace_until = 0.0  # a live connection was lost: refused connects retry until then
         self.reconnect_call: Any = None
         self.probe_call: Any = None
         self.probe_ok: bool | None = None
+        self.probe_reason = ""
+        self.gauge_call: Any = None
         self.started = False
         self.stopping = False
         self.endpoint = _endpoint(reactor, spec.address, spec.connect_timeout)
@@ -295,7 +347,7 @@ class LinePool:
 
     def stop(self) -> None:
         self.stopping = True
-        for c in (self.reconnect_call, self.probe_call):
+        for c in (self.reconnect_call, self.probe_call, self.gauge_call):
             if c is not None and c.active():
                 c.cancel()
         for call in list(self.waiting):
@@ -319,11 +371,18 @@ class LinePool:
             "connections": sum(1 for c in self.conns if c.ready),
             "busy": sum(1 for c in self.conns if c.inflight),
             "waiting": len(self.waiting),
-            "down_reason": self.down_reason if self.down else "",
+            "down_reason": self.down_reason if self.down else self.probe_reason if self.probe_ok is False else "",
             "probe_ok": self.probe_ok,
         }
 
     def _gauge(self) -> None:
+        """Pool gauges change on every call; writing them (an mmap write each in multiprocess
+        mode) is batched to at most one write per GAUGE_EVERY seconds."""
+        if self.gauge_call is None or not self.gauge_call.active():
+            self.gauge_call = self.reactor.callLater(GAUGE_EVERY_S, self._write_gauges)
+
+    def _write_gauges(self) -> None:
+        self.gauge_call = None
         ready = [c for c in self.conns if c.ready and not c.closed]
         busy = sum(1 for c in ready if c.inflight)
         name = self.spec.name
@@ -346,8 +405,11 @@ class LinePool:
             if self.down:
                 log.info("backend_up", backend=self.spec.name)
             self.down = False
-            self.failures = 0
             self._dispatch_to(conn)
+            if self.spec.mode == "per-call" and not conn.inflight and not conn.closed:
+                # its caller gave up while it was connecting: nobody will ever use it
+                conn.closed = True
+                conn._t().loseConnection()
             self._gauge()
             return conn
 
@@ -355,17 +417,24 @@ class LinePool:
             self.connecting -= 1
             if self.stopping:
                 return
-            err = f.value
-            why = err.message if isinstance(err, CallError) else (str(err) or type(err).__name__)
+            why = self._connect_error(f.value)
+            if not self.down and time.monotonic() < self.grace_until and self.spec.mode == "pooled":
+                # A live connection was just lost: most likely the server is restarting.
+                # Calls wait (at most the connect timeout) while we retry, instead of failing.
+                self._schedule_reconnect(GRACE_RETRY_S)
+                return
             if not self.down:
                 log.warning("backend_down", backend=self.spec.name, reason=why)
             self.down = True
             self.down_reason = why
-            self.failures += 1
-            for call in list(self.waiting):
-                if not any(c.ready for c in self.conns) and self.connecting == 0:
-                    self.waiting.remove(call)
-                    call.fail(CallError(Code.UNAVAILABLE, f"backend {self.spec.name} is unavailable: {why}"))
+            if self.reconnect_call is None or not self.reconnect_call.active():
+                self.failures += 1  # once per round, however many connections failed in it
+            if not any(c.ready for c in self.conns) and self.connecting == 0:
+                err = CallError(Code.UNAVAILABLE, f"backend {self.spec.name} is unavailable: {why}")
+                for call in list(self.waiting):
+                    self.record(call, err)
+                    call.fail(err)
+                self.waiting.clear()
             self._schedule_reconnect()
             self._gauge()
 
@@ -373,22 +442,52 @@ class LinePool:
         d.addCallbacks(ready, failed)
         return d
 
-    def _schedule_reconnect(self) -> None:
+    def _connect_error(self, err: BaseException | None) -> str:
+        """Why a connect (or login) failed, in words a user can act on."""
+        where = self.spec.address
+        if isinstance(err, CallError):
+            return err.message
+        if isinstance(err, TxConnectionRefusedError):
+            return f"connection to {where} refused"
+        if isinstance(err, TxTimeoutError):
+            return f"no connection to {where} within connect_timeout ({self.spec.connect_timeout:g}s)"
+        if isinstance(err, DNSLookupError):
+            return f"cannot resolve the host of {where}"
+        return f"cannot connect to {where}: {str(err) or type(err).__name__}"
+
+    def _schedule_reconnect(self, delay: float | None = None) -> None:
         if self.stopping or self.spec.mode != "pooled":
             return
         if self.reconnect_call is not None and self.reconnect_call.active():
             return
-        delay = min(5.0, 0.05 * (2 ** min(self.failures, 7))) * (0.5 + random.random() / 2)
+        if delay is None:
+            delay = min(5.0, 0.05 * (2 ** min(self.failures, 7))) * (0.5 + random.random() / 2)
         self.reconnect_call = self.reactor.callLater(delay, self._refill)
 
+    def _slots_used(self) -> int:
+        """Connections being made (TCP or login) plus live ones. A connection in its login is
+        both in `conns` and in `connecting`: counting it twice would leave a slot unfilled."""
+        return self.connecting + sum(1 for c in self.conns if c.ready and not c.closed)
+
     def _refill(self) -> None:
-        missing = self.spec.pool_size - len(self.conns) - self.connecting
-        for _ in range(max(0, missing)):
+        if self.stopping:
+            return
+        if self.spec.mode == "per-call":
+            # each connection being made will take one waiting call
+            wanted = min(len(self.waiting) - self.connecting, self.spec.pool_size - self._slots_used())
+        else:
+            wanted = self.spec.pool_size - self._slots_used()
+        for _ in range(max(0, wanted)):
             self._connect()
 
     def connection_lost(self, conn: LegacyConnection, calls: list[Call]) -> None:
         if conn in self.conns:
             self.conns.remove(conn)
+        live = conn.ready and not self.stopping and self.spec.mode == "pooled"
+        young = conn.replies == 0 and time.monotonic() - conn.born < YOUNG_CONNECTION_S
+        if live and not young:
+            self.failures = 0
+            self.grace_until = time.monotonic() + self.spec.connect_timeout
         for call in calls:
             if call.idempotent and not call.got_bytes and not call.retried:
                 call.retried = True
@@ -399,8 +498,17 @@ class LinePool:
                 self.record(call, err)
                 call.fail(err)
         self._gauge()
-        if not self.stopping and self.spec.mode == "pooled" and conn.ready:
-            # a live connection dropped: replace it at once (the backend is probably fine)
+        if self.spec.mode == "per-call" and self.waiting and not self.stopping:
+            self._refill()  # a slot is free: connect for the next waiting call
+        if not live:
+            return
+        if young:
+            # Logged in, then lost before a single reply: count it as a failed connect, so
+            # a server that hangs up on every session is retried with backoff, not in a loop.
+            self.failures += 1
+            self._schedule_reconnect()
+        else:
+            # A proven connection dropped: replace it at once (the backend is probably fine).
             self.reactor.callLater(0, self._refill)
 
     def connection_free(self, conn: LegacyConnection) -> None:
@@ -420,9 +528,9 @@ class LinePool:
         now = time.monotonic()
         spec = self.spec
         if spec.max_age is not None and now - conn.born > spec.max_age:
-            conn.abort("max_age reached")
+            conn.abort("max_age reached", "max-age")
         elif spec.idle_timeout is not None and now - conn.last_used > spec.idle_timeout:
-            conn.abort("idle_timeout reached")
+            conn.abort("idle_timeout reached", "idle-timeout")
 
     def _dispatch_to(self, conn: LegacyConnection) -> None:
         while self.waiting and not conn.closed and conn.ready and len(conn.inflight) < self.spec.pipeline:
@@ -436,6 +544,12 @@ class LinePool:
     # -- calls -----------------------------------------------------------------------------
     def call(self, data: bytes, reader: Reader, timeout: float, idempotent: bool) -> defer.Deferred[Any]:
         call = Call(data, reader, idempotent)
+        if self.probe_ok is False and self.spec.probe is not None:
+            # the backend answers, but its health probe says it must not be used
+            err = CallError(Code.UNAVAILABLE, f"backend {self.spec.name} is unavailable: {self.probe_reason}")
+            self.record(call, err)
+            call.fail(err)
+            return call.deferred
         call.timer = self.reactor.callLater(max(0.0, timeout), self._timeout, call)
         self._submit(call)
         return call.deferred
@@ -445,8 +559,16 @@ class LinePool:
             call.fail(CallError(Code.UNAVAILABLE, "sidecar shutting down"))
             return
         if self.spec.mode == "per-call":
+            # at most pool.size connections at once; the rest wait, boundedly (the calls whose
+            # connection is being made are not waiting for a slot)
+            if len(self.waiting) - self.connecting >= self.spec.max_waiting:
+                err = CallError(Code.RESOURCE_EXHAUSTED, f"backend {self.spec.name}: too many calls waiting")
+                self.record(call, err)
+                call.fail(err)
+                return
             self.waiting.append(call)
-            self._connect().addErrback(lambda f: None)
+            if self._slots_used() < self.spec.pool_size:
+                self._connect()
             return
         best: LegacyConnection | None = None
         for conn in self.conns:
@@ -475,7 +597,7 @@ class LinePool:
             call.fail(err)
             return
         self.waiting.append(call)
-        if len(self.conns) + self.connecting < self.spec.pool_size:
+        if self._slots_used() < self.spec.pool_size:
             self._connect()
 
     def _timeout(self, call: Call) -> None:
@@ -491,7 +613,7 @@ class LinePool:
         if conn is not None and not conn.closed:
             if call in conn.inflight:
                 conn.inflight.remove(call)
-            conn.abort("call timed out; its late reply must not reach another caller")
+            conn.abort("call timed out; its late reply must not reach another caller", "timeout")
 
     def record(self, call: Call, err: CallError | None) -> None:
         if err is None:
@@ -502,35 +624,55 @@ class LinePool:
             outcome = "legacy_error"
         else:
             outcome = "protocol_error"
-        metrics.backend_requests_total.labels(self.spec.name, outcome).inc()
-        metrics.backend_duration.labels(self.spec.name).observe(time.monotonic() - call.started)
+        metrics.recorder.backend_call(self.spec.name, outcome, time.monotonic() - call.started)
 
     # -- probe -----------------------------------------------------------------------------
     def _probe(self) -> None:
+        """Send the probe on an idle connection. It never queues behind callers' calls: a
+        probe timing out in a busy queue would call a healthy backend down. When every
+        connection is busy, their replies are the evidence, and the probe waits a round."""
         probe = self.spec.probe
         assert probe is not None
         if self.stopping:
             return
-        d = self.call(probe.send, ExpectReader(probe.expect, self.spec.encoding, "probe"), self.spec.timeout, True)
+        call = Call(probe.send, ExpectReader(probe.expect, self.spec.encoding, "probe"), True)
+        idle = None
+        if self.spec.mode == "pooled":
+            usable = [c for c in self.conns if c.ready and not c.closed]
+            idle = next((c for c in usable if not c.inflight), None)
+            if idle is None and usable:
+                self._next_probe()
+                return
+        timeout = probe.timeout if probe.timeout is not None else self.spec.timeout
+        call.timer = self.reactor.callLater(timeout, self._timeout, call)
+        if idle is not None:
+            idle.send(call)
+        else:
+            self._submit(call)  # waits for a connection being made, or fails fast when down
 
         def ok(_: Any) -> None:
             if self.probe_ok is not True:
                 log.info("backend_probe_ok", backend=self.spec.name)
             self.probe_ok = True
+            self.probe_reason = ""
 
         def bad(f: Failure) -> None:
-            if self.probe_ok is not False:
-                why = f.value.message if isinstance(f.value, CallError) else str(f.value)
-                log.warning("backend_probe_failed", backend=self.spec.name, reason=why)
+            why = f.value.message if isinstance(f.value, CallError) else str(f.value)
+            reason = why if why.startswith("probe") else f"probe: {why}"
+            if self.probe_ok is not False or reason != self.probe_reason:
+                log.warning("backend_probe_failed", backend=self.spec.name, reason=reason)
             self.probe_ok = False
+            self.probe_reason = reason
 
-        d.addCallbacks(ok, bad)
-        d.addBoth(lambda _: self._next_probe())
+        call.deferred.addCallbacks(ok, bad)
+        call.deferred.addBoth(lambda _: self._next_probe())
 
     def _next_probe(self) -> None:
         self._gauge()
-        if not self.stopping and self.spec.probe is not None:
-            self.probe_call = self.reactor.callLater(self.spec.probe.every, self._probe)
+        probe = self.spec.probe
+        if not self.stopping and probe is not None:
+            every = probe.every if self.probe_ok else min(probe.every, PROBE_RETRY_S)
+            self.probe_call = self.reactor.callLater(every, self._probe)
 
 
 def frame_text(spec: LineSpec, text: str) -> bytes:

@@ -9,6 +9,7 @@ Deferreds are awaited with `Deferred.asFuture(loop)`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from ..mapping.operation import CallContext
 from .calls import CurrentSet, MethodEntry
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_DEADLINE_SLACK = 0.1  # seconds: a cancellation this close to the deadline is the deadline
 
 
 def _status(code: Code) -> grpc.StatusCode:
@@ -41,8 +43,7 @@ def build_handler(
     entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
 ) -> grpc.RpcMethodHandler:
     service, method = entry.service, entry.method
-    m_req = metrics.requests_total
-    m_dur = metrics.request_duration.labels("grpc", service, method)
+    record = metrics.recorder.request
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         t0 = time.monotonic()
@@ -60,15 +61,20 @@ def build_handler(
         except CallError as e:
             code, message = e.code, e.message
         except asyncio.CancelledError:
-            code, message = Code.CANCELLED, "cancelled by the caller"
+            # grpc cancels the handler when the deadline passes, often a hair before the
+            # backend's own timer fires: the access log must still say DEADLINE_EXCEEDED.
+            left = context.time_remaining()
+            if left is not None and left <= _DEADLINE_SLACK:
+                code, message = Code.DEADLINE_EXCEEDED, "deadline exceeded"
+            else:
+                code, message = Code.CANCELLED, "cancelled by the caller"
             raise
         except Exception as e:  # noqa: BLE001 - a bug must become INTERNAL, never a hang
             code, message = Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
             log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
         finally:
             dur = time.monotonic() - t0
-            m_req.labels("grpc", service, method, code.name).inc()
-            m_dur.observe(dur)
+            record("grpc", service, method, code.name, dur)
             log.info(
                 "access",
                 front="grpc",
@@ -98,6 +104,43 @@ class _Dispatch(grpc.GenericRpcHandler):
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         return self.current.get().grpc_handlers.get(handler_call_details.method)  # type: ignore[no-any-return]
+
+
+async def _unimplemented(
+    path: str, request_iterator: Any, context: grpc.aio.ServicerContext
+) -> None:
+    """Every method nobody serves: one access line like any call, then UNIMPLEMENTED.
+    A stream handler, so it answers any call shape without reading the request."""
+    meta = _meta(context)
+    rid = meta.get("x-request-id") or os.urandom(8).hex()
+    message = f"method {path} is not served here"
+    metrics.recorder.request("grpc", "", "", Code.UNIMPLEMENTED.name, None)
+    log.info(
+        "access",
+        front="grpc",
+        method=path,
+        code=Code.UNIMPLEMENTED.name,
+        request_id=rid,
+        duration_ms=0.0,
+        backend=None,
+        backend_ms=None,
+        attempts=0,
+        error=message,
+    )
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+
+class _Fallback(grpc.GenericRpcHandler):
+    """Registered last, after health and reflection, so it only sees unknown methods
+    (an error path: building a handler per call is fine here)."""
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        path = handler_call_details.method
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        return grpc.stream_stream_rpc_method_handler(functools.partial(_unimplemented, path))
 
 
 class _Reflection(reflection_pb2_grpc.ServerReflectionServicer):
@@ -135,9 +178,11 @@ class GrpcFront:
         self.port = 0
 
     async def start(self) -> None:
+        # The limit bounds what callers send; replies are bounded by the mapping's
+        # max_reply_bytes. Capping sends too would break reflection (descriptor files with
+        # their imports) for anyone who lowers the limit to protect the backend.
         opts = [
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
@@ -147,6 +192,7 @@ class GrpcFront:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
                 _Reflection(self.current), server
             )  # type: ignore[no-untyped-call]
+        server.add_generic_rpc_handlers([_Fallback()])
         self.port = server.add_insecure_port(self.listen)
         if self.port == 0:
             raise OSError(f"gRPC front cannot listen on {self.listen}")

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from google.protobuf import json_format
 from twisted.internet.defer import CancelledError
@@ -90,18 +91,23 @@ class JsonResource(resource.Resource):
         assert request.content is not None
         body = request.content.read(self.max_body_bytes + 1)
         if len(body) > self.max_body_bytes:
+            # 413, not the table's 429: retrying the same body later can never succeed.
             return self._error(
                 request,
                 entry,
                 t0,
                 rid,
                 Code.RESOURCE_EXHAUSTED,
-                f"request body exceeds {self.max_body_bytes} bytes",
+                f"request body exceeds {self.max_body_bytes} bytes (http.max_body_bytes)",
+                status=413,
             )
-        query = {
-            k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
-            for k, vs in (request.args or {}).items()
-        }
+        # Only the URL's query string: twisted.web also folds a form-encoded POST body into
+        # `request.args`, and `curl -d` sends JSON labelled as a form.
+        _, _, qs = request.uri.partition(b"?")
+        query: dict[str, list[str]] = {}
+        if qs:
+            for k, v in parse_qsl(qs.decode("utf-8", "replace"), keep_blank_values=True):
+                query.setdefault(k, []).append(v)
         try:
             shaped = build_request(match, query, body if body else None)
             msg = parse_message(shaped, entry.input_class)
@@ -136,14 +142,19 @@ class JsonResource(resource.Resource):
             d = entry.invoke(msg, ctx, info)
         except CallError as e:
             return self._error(request, entry, t0, rid, e.code, e.message)
-        response_body = match.route.response_body
+        except Exception as e:  # noqa: BLE001 - a bug must become a JSON INTERNAL, not HTML
+            log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
+            return self._error(
+                request, entry, t0, rid, Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+            )
+        response_field = match.route.response_field
 
         def ok(result: Any) -> None:
-            if response_body:
-                data = to_json(result).get(_camel(response_body))
-            else:
-                data = to_json(result)
-            self._finish(request, entry, t0, rid, Code.OK, 200, json.dumps(data).encode(), info)
+            data: Any = to_json(result)
+            if response_field is not None:
+                data = data.get(response_field.json_name)
+            payload = json.dumps(data).encode()
+            self._finish(request, entry, t0, rid, Code.OK, 200, payload, info)
 
         def bad(f: Failure) -> None:
             err = f.value
@@ -166,7 +177,10 @@ class JsonResource(resource.Resource):
                 message,
             )
 
-        d.addCallbacks(ok, bad)
+        # A failure inside `ok` (serialising the reply) also becomes a JSON error: an
+        # unhandled Deferred error would leave the caller waiting forever.
+        d.addCallback(ok)
+        d.addErrback(bad)
         return server.NOT_DONE_YET
 
     def _error(
@@ -214,9 +228,7 @@ class JsonResource(resource.Resource):
     ) -> None:
         dur = time.monotonic() - t0
         service, method = (entry.service, entry.method) if entry else ("", "")
-        metrics.requests_total.labels("http", service, method, code.name).inc()
-        if entry is not None:
-            metrics.request_duration.labels("http", service, method).observe(dur)
+        metrics.recorder.request("http", service, method, code.name, dur if entry is not None else None)
         log.info(
             "access",
             front="http",
@@ -232,11 +244,6 @@ class JsonResource(resource.Resource):
         )
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
 class QuietSite(server.Site):
     """twisted.web's default access log costs ~25% of throughput; we write our own line."""
 
@@ -246,7 +253,32 @@ class QuietSite(server.Site):
         pass
 
 
+class BoundedRequest(server.Request):
+    """Keeps at most `max_body_bytes + 1` bytes of a request body and drops the rest as it
+    arrives, so an oversized upload (with or without Content-Length) costs neither memory
+    nor temp-file space; `JsonResource` then sees one byte too many and answers 413."""
+
+    max_body_bytes = 4 * 1024 * 1024  # replaced by a per-site subclass in make_site
+    _kept = 0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted's name
+        self._kept = 0
+        cap = self.max_body_bytes + 1
+        super().gotLength(cap if length is None or length > cap else length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - twisted's name
+        room = self.max_body_bytes + 1 - self._kept
+        if room > 0:
+            chunk = data[:room]
+            self._kept += len(chunk)
+            super().handleContentChunk(chunk)
+
+
 def make_site(current: CurrentSet, max_body_bytes: int) -> QuietSite:
     site = QuietSite(JsonResource(current, max_body_bytes))
+    bounded: type[BoundedRequest] = type(
+        "BoundedRequest", (BoundedRequest,), {"max_body_bytes": max_body_bytes}
+    )
+    site.requestFactory = bounded
     site.noisy = False
     return site

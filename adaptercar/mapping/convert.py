@@ -8,6 +8,8 @@ INTERNAL error naming the field and the raw text — never a silently zeroed fie
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +35,20 @@ class ConfigTargetError(ValueError):
     """A mapping names a target field that cannot receive text (unknown, or a message)."""
 
 
+# ASCII digits with an optional sign: Python's int() would also take "1_000" and non-ASCII
+# digits such as "١٢٣", which no legacy reply means as a number.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _int_converter(lo: int, hi: int) -> Converter:
     def conv(text: str) -> int:
         s = text.strip()
-        v = int(s, 10) if s else 0
+        if not s:
+            return 0  # a blank fixed-width column
+        if _INT_TEXT.fullmatch(s) is None:
+            raise ValueError("not an integer")
+        v = int(s, 10)
         if not lo <= v <= hi:
             raise ValueError(f"out of range [{lo}, {hi}]")
         return v
@@ -46,7 +58,23 @@ def _int_converter(lo: int, hi: int) -> Converter:
 
 def _float(text: str) -> float:
     s = text.strip()
-    return float(s) if s else 0.0
+    if not s:
+        return 0.0
+    try:
+        if "_" in s:
+            raise ValueError
+        return float(s)
+    except ValueError:
+        # float()'s own message repeats the whole text, which may be megabytes
+        raise ValueError("not a number") from None
+
+
+def _float32(text: str) -> float:
+    v = _float(text)
+    if math.isfinite(v) and abs(v) > _FLOAT32_MAX:
+        # protobuf would store inf without a word
+        raise ValueError(f"out of range for a float (±{_FLOAT32_MAX:g})")
+    return v
 
 
 def _bool(text: str) -> bool:
@@ -64,8 +92,10 @@ def converter_for(fd: FieldDescriptor, encoding: str) -> Converter:
     if ct in _INT_RANGES:
         lo, hi = _INT_RANGES[ct]
         return _int_converter(lo, hi)
-    if ct in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+    if ct == FieldDescriptor.CPPTYPE_DOUBLE:
         return _float
+    if ct == FieldDescriptor.CPPTYPE_FLOAT:
+        return _float32
     if ct == FieldDescriptor.CPPTYPE_BOOL:
         return _bool
     if ct == FieldDescriptor.CPPTYPE_ENUM:

@@ -176,6 +176,15 @@ def encode_body(framing: Framing, payload: bytes) -> bytes:
     """
     if isinstance(framing, Delimited):
         return payload + framing.delimiter
+    if isinstance(framing, FixedRecord):
+        # Fixed-record hosts spread a long body over as many records as it needs (at least
+        # one), the last one padded; its length was announced, so nothing is ambiguous.
+        records = max(1, -(-len(payload) // framing.size))
+        fill = records * framing.size - len(payload)
+        if fill % len(framing.pad):
+            raise FramingError("pad-misaligned", f"a {len(payload)}-byte body cannot be padded "
+                               f"to whole {framing.size}-byte records with {framing.pad!r}")
+        return payload + framing.pad * (fill // len(framing.pad))
     return encode_frame(framing, payload)
 
 
@@ -257,6 +266,14 @@ class Decoder:
     def pending(self) -> int:
         """Bytes received and not yet consumed; leftovers with no call outstanding mean close."""
         return len(self._buf)
+
+    def take_rest(self) -> bytes:
+        """At EOF: everything still buffered, as a last frame without its end. A program run
+        per call may end its output without a final newline; that text is still its reply."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._scan = 0
+        return rest
 
     def next_frame(self) -> bytes | None:
         """The next frame's payload, or None until it is complete."""
@@ -432,11 +449,11 @@ class Decoder:
         return self._take(0, n, need)
 
     def _body_fixed(self, n: int) -> bytes | None:
-        if n > self._size:
-            raise self._body_length(n, f"a record of {self._size}")
-        record = self._raw_record()
-        if record is None:
+        size = self._size
+        need = max(1, -(-n // size)) * size  # whole records, at least one
+        if len(self._buf) < need:
             return None
+        record = self._take(0, need, need)
         rest = len(record) - n
         pad = self._pad
         if rest % len(pad) or record[n:] != pad * (rest // len(pad)):

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CallError, Code, quote_raw
-from .framing import Framing, FramingError, check_payload, encode_body, encode_frame
+from .framing import (
+    Decoder,
+    Delimited,
+    Framing,
+    FramingError,
+    check_payload,
+    encode_body,
+    encode_frame,
+)
 from .reply import ReplyReader, ReplySpec
 from .template import RenderContext, Template
 
@@ -50,6 +58,11 @@ class LineOperation:
     idempotent: bool = False
     timeout: float | None = None
     auth: str = "none"
+    # Derived from framing and encoding: whether values may not hold CR or LF (see below).
+    refuse_line_breaks: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refuse_line_breaks", line_breaks_refused(self.framing, self.encoding))
 
     @property
     def path(self) -> str:
@@ -64,8 +77,17 @@ class LineOperation:
         out: list[bytes] = []
         for item in self.items:
             text = item.template.render(rctx)
+            if self.refuse_line_breaks and not item.body and ("\n" in text or "\r" in text):
+                raise CallError(
+                    Code.INVALID_ARGUMENT,
+                    f"request frame {quote_raw(text)} cannot be sent: a value contains a line "
+                    "break (CR or LF), which a line protocol may read as the end of the command "
+                    "(line-protocol injection is refused)",
+                )
             try:
-                payload = text.encode(self.encoding)
+                # surrogateescape only turns a bytes field's undecodable bytes back into
+                # themselves; a character the encoding lacks still fails here.
+                payload = text.encode(self.encoding, "surrogateescape")
             except UnicodeEncodeError as e:
                 bad = text[e.start : e.end]
                 raise CallError(
@@ -90,6 +112,19 @@ class LineOperation:
         return self.reply.reader(rctx)
 
 
+def line_breaks_refused(framing: Framing, encoding: str) -> bool:
+    """Whether request values must hold neither CR nor LF.
+
+    With a delimiter made of line ends (CRLF, LF), refusing only the exact delimiter is not
+    enough: many legacy servers also end a command at a bare LF or CR (the trick behind SMTP
+    smuggling), so a value holding either could still start a second command there.
+    """
+    if not isinstance(framing, Delimited):
+        return False
+    text = framing.delimiter.decode(encoding, "replace")
+    return "\r" in text or "\n" in text
+
+
 def _framing_reason(e: FramingError) -> str:
     reason = getattr(e, "reason", "")
     if reason == "delimiter-in-value":
@@ -99,18 +134,84 @@ def _framing_reason(e: FramingError) -> str:
     return str(e)
 
 
-def run_offline(op: LineOperation, request: Any, reply_frames: Sequence[str]) -> Any:
-    """Feed a canned legacy reply through the operation with no backend: how `check` runs
-    a mapping's `examples:`. Returns the message or raises CallError."""
-    from .framing import Decoder
+def example_reply_bytes(framing: Framing, encoding: str, text: str) -> bytes:
+    r"""The bytes of an `examples:` reply as the backend would send them.
 
+    With a delimiter, text that holds the delimiter is taken as raw bytes (so a body may hold
+    it), a missing final delimiter added; otherwise each line is one frame, as YAML writes it
+    most readably (`"STMT 1 18\nBALANCE ..."`). Other framings: each line is one frame.
+    Raises UnicodeEncodeError for characters the backend's encoding lacks.
+    """
+    if not text:
+        return b""
+    if isinstance(framing, Delimited):
+        delim = framing.delimiter.decode(encoding, "replace")
+        if delim in text:
+            return (text if text.endswith(delim) else text + delim).encode(encoding)
+    lines = (text[:-1] if text.endswith("\n") else text).split("\n")
+    return b"".join(encode_body(framing, line.encode(encoding)) for line in lines)
+
+
+def run_offline(op: LineOperation, request: Any, reply: str | Sequence[str], *,
+                stderr: str | None = None, exit_status: int | None = None,
+                per_call: bool = False) -> Any:
+    """Feed a canned legacy reply through the operation with no backend: how `check` runs
+    a mapping's `examples:`. `reply` is the example's text (see `example_reply_bytes`) or a
+    list of frames. Returns the message or raises CallError; a reply the mapping does not read
+    to its end fails too, since a live connection would then be closed as out of step.
+
+    Process backends: `per_call` reads the reply as the program's whole stdout, as a per-call
+    child does once it has exited (`exit_status` defaults to 0). Otherwise `stderr` lines
+    arrive before stdout, each tested as a pooled child's stderr line would be."""
     rctx = op.render_context(request, CallContext())
     op.encode_request(rctx)  # an example whose request cannot be sent must fail the same way
     dec = Decoder(op.framing, op.reply.limits.max_reply_bytes)
     reader = op.reader(rctx)
-    for text in reply_frames:
-        dec.feed(encode_body(op.framing, text.encode(op.encoding)))
-    result = reader.pump(dec)
+    try:
+        if isinstance(reply, str):
+            dec.feed(example_reply_bytes(op.framing, op.encoding, reply))
+        else:
+            for text in reply:
+                dec.feed(encode_body(op.framing, text.encode(op.encoding)))
+    except UnicodeEncodeError as e:
+        raise CallError(
+            Code.INVALID_ARGUMENT,
+            f"the example reply holds {e.object[e.start:e.end]!r}, which the backend's encoding "
+            f"{op.encoding} cannot represent",
+        ) from None
+    if per_call:
+        return reader.finish_eof(dec, 0 if exit_status is None else exit_status, stderr or "")
+    for line in (stderr or "").splitlines():
+        try:
+            result = reader.on_stderr(line)
+        except CallError:
+            if dec.pending():
+                raise _left_over(dec, _STDERR_ENDED) from None
+            raise
+        if result is not None:
+            if dec.pending():
+                raise _left_over(dec, _STDERR_ENDED)
+            return result
+    try:
+        result = reader.pump(dec)
+    except CallError as e:
+        if e.reusable and dec.pending():
+            raise _left_over(dec) from None
+        raise
     if result is None:
         raise CallError(Code.DEADLINE_EXCEEDED, "the example reply ended before the mapping finished reading it")
+    if dec.pending():
+        raise _left_over(dec)
     return result
+
+
+_STDERR_ENDED = ("a pooled child's call ends at the first stderr line that fits a `stderr` rule, "
+                 "so its stdout is then unexpected")
+
+
+def _left_over(dec: Decoder, why: str = "does 'until' or 'body' miss part of the reply?") -> CallError:
+    return CallError(
+        Code.INTERNAL,
+        f"the mapping left {dec.pending()} byte(s) of the example reply unread (a live connection "
+        f"would be closed as out of step); {why}",
+    )

@@ -9,6 +9,7 @@ Everything it needs — patterns, templates, setters — is compiled once per co
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,23 @@ class Rule:
 
     @property
     def decides(self) -> bool:
-        return bool(self.fields) or self.error is not None
+        """Whether fitting this rule settles the reply's outcome. A body fills a field, so it
+        is a result too: in a memcached `get` hit, `VALUE` (with its body) decides and the
+        `END` that follows no longer means NOT_FOUND."""
+        return bool(self.fields) or self.error is not None or self.body is not None
+
+
+@dataclass(frozen=True)
+class SideRule:
+    """A process-backend rule on the program's stderr or exit status instead of a stdout frame.
+
+    Pool mode: a stderr line that `stderr` finds ends the call. Per-call mode: tested on the
+    whole stderr and the exit status once the program has exited, before stdout frames."""
+
+    stderr: re.Pattern[str] | None = None
+    exit_status: int | None = None
+    fields: tuple[tuple[Template, FieldSetter], ...] = ()
+    error: tuple[Code, Template | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class ReplySpec:
     each: EachSpec | None = None
     encoding: str = "utf-8"
     limits: Limits = Limits()
+    side_rules: tuple[SideRule, ...] = ()
 
     def reader(self, ctx: RenderContext) -> ReplyReader:
         return ReplyReader(self, ctx)
@@ -79,7 +97,7 @@ class ReplyReader:
 
     __slots__ = (
         "spec", "ctx", "frames_seen", "bytes_seen", "raw", "pending_body", "decided",
-        "decided_groups", "bodies", "items", "unmatched", "ended",
+        "decided_groups", "decided_text", "bodies", "items", "unmatched", "ended", "extra",
     )
 
     def __init__(self, spec: ReplySpec, ctx: RenderContext) -> None:
@@ -87,14 +105,18 @@ class ReplyReader:
         self.ctx = ctx
         self.frames_seen = 0
         self.bytes_seen = 0
-        self.raw: list[str] = []
+        # The latest frames only: an UNKNOWN quotes the frames that led to it, not the
+        # first ones of a long listing.
+        self.raw: deque[str] = deque(maxlen=5)
         self.pending_body: tuple[Rule, int] | None = None
         self.decided: Rule | None = None
         self.decided_groups: dict[str, str] = {}
+        self.decided_text = ""
         self.bodies: list[tuple[FieldSetter, str]] = []
         self.items: list[Any] = []
         self.unmatched = False
         self.ended = False
+        self.extra: dict[str, str] = {}  # {exit_status} and {stderr} of a process backend
 
     # -- helpers -------------------------------------------------------------------------
     def _count(self, n: int) -> None:
@@ -112,7 +134,7 @@ class ReplyReader:
             raise _fail(Code.INTERNAL, f"legacy reply is not valid {self.spec.encoding}: {e}") from None
 
     def _unknown(self) -> CallError:
-        shown = "\n".join(self.raw[-5:])
+        shown = "\n".join(self.raw)
         return _fail(Code.UNKNOWN, f"unrecognized reply from backend: {quote_raw(shown)}")
 
     def _start_body(self, rule: Rule, groups: dict[str, str]) -> None:
@@ -136,12 +158,13 @@ class ReplyReader:
         for rule in self.spec.rules:
             m = rule.pattern.fullmatch(text)
             if m is not None:
-                groups = m.groupdict(default="")
+                groups = {**self.extra, **m.groupdict(default="")} if self.extra else m.groupdict(default="")
                 if rule.body is not None:
                     self._start_body(rule, groups)
                 if rule.decides and self.decided is None:
                     self.decided = rule
                     self.decided_groups = groups
+                    self.decided_text = text
                 return rule
         return None
 
@@ -154,11 +177,17 @@ class ReplyReader:
             if m is None:
                 raise self._unknown()
             ctx = RenderContext(self.ctx.request, m.groupdict(default=""), self.ctx.meta, self.ctx.claims)
-            for tpl, setter in each.fields:
-                setter.apply(el, tpl.render(ctx))
+            try:
+                for tpl, setter in each.fields:
+                    setter.apply(el, tpl.render(ctx))
+            except CallError as e:
+                raise _fail(e.code, e.message) from None  # the rest of the listing is unread
         else:
-            for setter, start, end in each.fixed:
-                setter.apply(el, text[start:end].rstrip())
+            try:
+                for setter, start, end in each.fixed:
+                    setter.apply(el, text[start:end].rstrip())
+            except CallError as e:
+                raise _fail(e.code, e.message) from None
         self.items.append(el)
 
     # -- the machine -----------------------------------------------------------------------
@@ -184,8 +213,7 @@ class ReplyReader:
                 self._count(len(frame))
                 text = self._decode(frame)
                 self.frames_seen += 1
-                if len(self.raw) < 50:
-                    self.raw.append(text)
+                self.raw.append(text)
                 if spec.until is None:
                     single = self._match_rules(text)
                     if single is None:
@@ -220,7 +248,7 @@ class ReplyReader:
         if rule is not None and rule.error is not None:
             code, tpl = rule.error
             ctx = RenderContext(self.ctx.request, self.decided_groups, self.ctx.meta, self.ctx.claims)
-            message = tpl.render(ctx) if tpl is not None else self.raw[-1] if self.raw else ""
+            message = tpl.render(ctx) if tpl is not None else self.decided_text
             raise CallError(code, message, reusable=True)
         msg = spec.output_class()
         if rule is not None:
@@ -235,3 +263,80 @@ class ReplyReader:
                 obj = getattr(obj, p)
             getattr(obj, spec.each.into).extend(self.items)
         return msg
+
+    # -- process backends ------------------------------------------------------------------
+    def _side(self, rule: SideRule, groups: dict[str, str]) -> Any:
+        ctx = RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims)
+        if rule.error is not None:
+            code, tpl = rule.error
+            message = tpl.render(ctx) if tpl is not None else groups.get("stderr", "")
+            raise CallError(code, message, reusable=True)
+        msg = self.spec.output_class()
+        for tpl, setter in rule.fields:
+            setter.apply(msg, tpl.render(ctx))
+        return msg
+
+    def on_stderr(self, line: str) -> Any | None:
+        """Pool mode: a stderr line while this call is outstanding. Returns the message if a
+        `stderr` rule with fields fits, raises CallError for an error rule, else None."""
+        for rule in self.spec.side_rules:
+            if rule.stderr is None or rule.exit_status is not None:
+                continue
+            m = rule.stderr.search(line)
+            if m is not None:
+                return self._side(rule, {"stderr": line, **m.groupdict(default="")})
+        return None
+
+    def finish_eof(self, decoder: Decoder, exit_status: int, stderr: str) -> Any:
+        """Per-call mode: the program has exited. Side rules first (in order), then stdout
+        read as a reply whose terminator is EOF; nothing fitting is UNKNOWN with the exit
+        status and the stderr tail."""
+        extra = {"exit_status": str(exit_status), "stderr": stderr}
+        for rule in self.spec.side_rules:
+            if rule.exit_status is not None and rule.exit_status != exit_status:
+                continue
+            groups = dict(extra)
+            if rule.stderr is not None:
+                m = rule.stderr.search(stderr)
+                if m is None:
+                    continue
+                groups.update(m.groupdict(default=""))
+            return self._side(rule, groups)
+        self.extra = extra
+        try:
+            while True:
+                if self.pending_body is not None:
+                    body_rule, n = self.pending_body
+                    body = decoder.next_body(n)
+                    if body is None:
+                        raise _fail(Code.UNKNOWN, "the program's output ended inside a byte-counted body")
+                    self._count(len(body))
+                    self.pending_body = None
+                    assert body_rule.body is not None
+                    self.bodies.append((body_rule.body.setter, self._decode(body)))
+                    continue
+                frame = decoder.next_frame()
+                if frame is None:
+                    frame = decoder.take_rest()  # a last line without its newline
+                    if not frame:
+                        break
+                self._count(len(frame))
+                text = self._decode(frame)
+                self.frames_seen += 1
+                self.raw.append(text)
+                if self.frames_seen > self.spec.limits.max_frames:
+                    raise _fail(Code.INTERNAL, f"the program printed more than max_frames ({self.spec.limits.max_frames}) frames")
+                if self.spec.each is not None:
+                    self._element(text)
+                elif self._match_rules(text) is None:
+                    self.unmatched = True
+        except FramingError as e:
+            raise _fail(Code.INTERNAL, f"the program's output has a framing error: {e}") from None
+        if self.frames_seen == 0 and self.decided is None:
+            tail_lines = stderr.splitlines()[-5:]
+            raise CallError(
+                Code.UNKNOWN,
+                f"the program printed nothing (exit status {exit_status}); stderr: "
+                f"{quote_raw(chr(10).join(tail_lines))}",
+            )
+        return self._finish(end=True)

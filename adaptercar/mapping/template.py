@@ -10,17 +10,21 @@ is then a join over precompiled parts with no lookups by string and no parsing.
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from .errors import CallError, Code, quote_raw
+
 _PLACEHOLDER = re.compile(
     r"""\{
     (?P<ref>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_][A-Za-z0-9_-]*)*)
-    (?:\|(?P<filter>[a-z]+))?
+    (?:\|(?P<filter>[A-Za-z_][A-Za-z0-9_]*))?
     (?::(?P<spec>[^{}]*))?
     \}""",
     re.VERBOSE,
@@ -67,6 +71,34 @@ def _render_scalar(value: Any) -> str:
     return str(value)
 
 
+def _claim_text(value: Any) -> str:
+    """A JWT claim as text: scalars as written in JSON, lists and objects as compact JSON
+    (never a Python repr, which no legacy program should have to parse)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float):
+        return _render_scalar(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_PACK_F32 = struct.Struct("<f")
+
+
+def _shortest_float32(value: float) -> float:
+    """A float32 field holds 1.1 as 1.100000023841858; render the shortest decimal that is
+    the same float32, as protobuf's JSON does, so `{f}` writes `1.1`."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    packed = _PACK_F32.pack(value)
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if _PACK_F32.pack(short) == packed:
+            return short
+    return value
+
+
 @dataclass(frozen=True)
 class Template:
     """A compiled template; `render` returns text, `names` lists the request fields it reads."""
@@ -88,6 +120,8 @@ class Template:
         return all(isinstance(p, str) for p in self.parts)
 
 
+# What a getter returns for each field type, to try a format spec on at compile time.
+# Bools and enums render as text (`true`, `RED`), so they take string specs only.
 _SAMPLES: dict[int, Any] = {
     FieldDescriptor.CPPTYPE_STRING: "text",
     FieldDescriptor.CPPTYPE_INT32: 1,
@@ -96,7 +130,7 @@ _SAMPLES: dict[int, Any] = {
     FieldDescriptor.CPPTYPE_UINT64: 1,
     FieldDescriptor.CPPTYPE_DOUBLE: 1.5,
     FieldDescriptor.CPPTYPE_FLOAT: 1.5,
-    FieldDescriptor.CPPTYPE_BOOL: True,
+    FieldDescriptor.CPPTYPE_BOOL: "true",
     FieldDescriptor.CPPTYPE_ENUM: "NAME",
 }
 
@@ -141,13 +175,34 @@ def _request_getter(scope: Scope, path: list[str], ref: str) -> tuple[Getter, An
     if fd.type == FieldDescriptor.TYPE_BYTES:
         enc = scope.encoding
 
+        # surrogateescape: bytes the encoding cannot decode survive as lone surrogates and are
+        # turned back into the same bytes when the frame is encoded, so a bytes field reaches
+        # the backend as it was sent, whatever the encoding.
         def get_bytes(ctx: RenderContext, names: tuple[str, ...] = names) -> Any:
             v = ctx.request
             for n in names:
                 v = getattr(v, n)
-            return v.decode(enc)
+            return v.decode(enc, "surrogateescape")
 
         return get_bytes, sample
+    if fd.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+
+        def get_bool(ctx: RenderContext, names: tuple[str, ...] = names) -> Any:
+            v = ctx.request
+            for n in names:
+                v = getattr(v, n)
+            return "true" if v else "false"
+
+        return get_bool, sample
+    if fd.cpp_type == FieldDescriptor.CPPTYPE_FLOAT:
+
+        def get_float32(ctx: RenderContext, names: tuple[str, ...] = names) -> Any:
+            v = ctx.request
+            for n in names:
+                v = getattr(v, n)
+            return _shortest_float32(v)
+
+        return get_float32, sample
     if len(names) == 1:
         (only,) = names
 
@@ -182,7 +237,7 @@ def _resolve(scope: Scope, ref: str) -> tuple[Getter, Any, str | None, str | Non
             v: Any = ctx.claims
             for n in cpath:
                 v = v.get(n, "") if isinstance(v, Mapping) else ""
-            return v
+            return _claim_text(v)
 
         return get_claim, "text", None, None
     if head == "env" and rest:
@@ -196,11 +251,20 @@ def _resolve(scope: Scope, ref: str) -> tuple[Getter, Any, str | None, str | Non
     return getter, sample, ref, None
 
 
-def _wrap(getter: Getter, filt: str | None, spec: str | None, encoding: str) -> Getter:
+def _byte_length(text: str, encoding: str) -> int:
+    try:
+        return len(text.encode(encoding, "surrogateescape"))
+    except UnicodeEncodeError:
+        # The value cannot be sent in this encoding; the frame carrying it will be refused,
+        # but a template may announce a length before that frame is rendered.
+        return len(text.encode(encoding, "replace"))
+
+
+def _wrap(getter: Getter, filt: str | None, spec: str | None, encoding: str, source: str) -> Getter:
     if filt == "len":
 
         def g_len(ctx: RenderContext) -> Any:
-            return len(_render_scalar(getter(ctx)).encode(encoding, "replace"))
+            return _byte_length(_render_scalar(getter(ctx)), encoding)
 
         inner: Getter = g_len
     elif filt == "upper":
@@ -210,7 +274,21 @@ def _wrap(getter: Getter, filt: str | None, spec: str | None, encoding: str) -> 
     else:
         inner = getter
     if spec:
-        return lambda ctx: format(inner(ctx), spec)
+
+        def g_spec(ctx: RenderContext) -> Any:
+            value = inner(ctx)
+            try:
+                return format(value, spec)
+            except (ValueError, TypeError, OverflowError) as e:
+                # Only a request value can get here (e.g. `{n:c}` with n past U+10FFFF):
+                # the caller sent something this frame cannot carry.
+                raise CallError(
+                    Code.INVALID_ARGUMENT,
+                    f"{source}: value {quote_raw(_render_scalar(value))} cannot be formatted "
+                    f"as '{spec}' ({e})",
+                ) from None
+
+        return g_spec
     return lambda ctx: _render_scalar(inner(ctx))
 
 
@@ -258,7 +336,7 @@ def compile_template(text: str, scope: Scope) -> Template:
             if literal:
                 parts.append("".join(literal))
                 literal = []
-            parts.append(_wrap(getter, filt, spec, scope.encoding))
+            parts.append(_wrap(getter, filt, spec, scope.encoding, m.group(0)))
             i = m.end()
         elif c == "}":
             if text.startswith("}}", i):

@@ -76,9 +76,9 @@ class Runtime:
             cs.openapi = json.dumps(openapi_document(cs.protoset, targets, "adaptercar")).encode()
 
     def service_tree(self) -> service.MultiService:
-        from .worker import BackendsService, GrpcService, HttpService
+        from .worker import BackendsService, FrontsThenBackends, GrpcService, HttpService
 
-        top = service.MultiService()
+        top = FrontsThenBackends()
         BackendsService(self.current).setServiceParent(top)
         cfg = self.loaded.config
         drain_timeout = _drain_timeout(cfg)
@@ -130,21 +130,28 @@ class _Exit:
     code = 0
 
 
-def _fail_start(exc: BaseException, what: str) -> None:
-    """A start-up failure (port taken, ...) is one clear line and exit status 1."""
+def _fail_start(exc: BaseException, what: str, reporter: Any = None) -> None:
+    """A start-up failure (port taken, ...) is one clear line and exit status 1.
+
+    A worker does not print the line itself: it reports it to the supervisor, which prints it
+    once and stops the whole sidecar (a worker that cannot start would only fail again).
+    """
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
 
     msg = exc.value if hasattr(exc, "value") else exc  # a Failure or an exception
     log.error("start_failed", what=what, error=str(msg))
-    print(f"adaptercar: cannot start {what}: {msg}", file=sys.stderr)
+    if reporter is not None:
+        reporter.send({"type": "fatal", "what": what, "error": str(msg)})
+    else:
+        print(f"adaptercar: cannot start {what}: {msg}", file=sys.stderr)
     _Exit.code = 1
     if reactor.running:
         reactor.stop()
 
 
-def _run(top: service.MultiService, on_started: Any = None, signals: Any = None) -> int:
+def _run(top: service.MultiService, on_started: Any = None, signals: Any = None, reporter: Any = None) -> int:
     """Start the service tree once the reactor runs; our signal handlers go in after
     Twisted's own (it installs SIGTERM/SIGINT handlers and the SIGCHLD reaper at start)."""
     from twisted.internet import reactor as _reactor
@@ -156,17 +163,23 @@ def _run(top: service.MultiService, on_started: Any = None, signals: Any = None)
         if signals is not None:
             signals()
         top.running = 1
-        try:
-            for svc in list(top):  # in order: backends, fronts; a front's failure stops the start
+        for svc in list(top):  # in order: backends, fronts; a front's failure stops the start
+            try:
                 yield defer.maybeDeferred(svc.startService)
-        except Exception as e:  # noqa: BLE001
-            _fail_start(e, "the sidecar")
-            return
+            except Exception as e:  # noqa: BLE001
+                _fail_start(e, getattr(svc, "what", "the sidecar"), reporter)
+                return
         if on_started is not None:
             on_started()
 
+    def stop() -> defer.Deferred[Any]:
+        # Calls that finish while draining are counted too: flush the batched metrics last.
+        from .. import metrics
+
+        return defer.maybeDeferred(top.stopService).addBoth(lambda _: metrics.recorder.flush())
+
     reactor.callWhenRunning(lambda: reactor.callLater(0, start))
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     return _Exit.code
 
@@ -183,9 +196,9 @@ def run_worker(role: str, config_path: str) -> int:
     reporter = Reporter()
     try:
         rt = Runtime(config_path, [role], loop, reporter)
-    except SystemExit as e:
-        reporter.send({"type": "fatal", "error": str(e)})
-        raise
+    except SystemExit as e:  # the config changed under us: the supervisor says so, once
+        reporter.send({"type": "fatal", "what": f"the {role} worker", "error": str(e)})
+        return 1
     top = rt.service_tree()
 
     def on_command(cmd: dict[str, Any]) -> None:
@@ -227,7 +240,7 @@ def run_worker(role: str, config_path: str) -> int:
         signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(terminate))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    return _run(top, lambda: reactor.callLater(0.2, started), signals)
+    return _run(top, lambda: reactor.callLater(0.2, started), signals, reporter)
 
 
 class _SingleModel:
@@ -246,7 +259,10 @@ class _SingleModel:
     def reload(self) -> defer.Deferred[dict[str, Any]]:
         from .. import metrics
 
-        res = self.rt.reload()
+        try:
+            res = self.rt.reload()
+        except Exception as e:  # noqa: BLE001 - a bug in loading: the old set keeps serving
+            res = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         metrics.config_reloads_total.labels("ok" if res["ok"] else "error").inc()
         if not res["ok"]:
             log.error("config_reload_failed", errors=[res["error"]])
@@ -269,12 +285,15 @@ def run_single(config_path: str) -> int:
 
     reactor: Any = _reactor
 
+    from .. import metrics
     from .admin import admin_site
     from .supervisor import install_signals
 
     rt = Runtime(config_path, ["grpc", "http"], loop)
     top = rt.service_tree()
     model = _SingleModel(rt)
+    for outcome in ("ok", "error"):
+        metrics.config_reloads_total.labels(outcome)  # shown at 0 from the start
     cfg = rt.loaded.config
 
     def started() -> None:
@@ -321,15 +340,24 @@ def run_supervisor(config_path: str) -> int:
             print(p.format(), file=sys.stderr)
         return 1
     _configure_logging(loaded.config, role="supervisor", pid=os.getpid())
-    sup = Supervisor(str(config_path), loaded, reactor)
     stopping = {"done": False}
 
-    def on_term() -> None:
+    def on_term(reason: str = "signal") -> None:
         if stopping["done"]:
             return
         stopping["done"] = True
-        log.info("shutdown", reason="signal")
+        log.info("shutdown", reason=reason)
         sup.stop().addBoth(lambda _: reactor.stop() if reactor.running else None)
+
+    def on_start_failure(what: str, error: str) -> None:
+        """A worker could not start (its port is taken, ...): retrying cannot help."""
+        if stopping["done"]:
+            return
+        print(f"adaptercar: cannot start {what}: {error}", file=sys.stderr)
+        _Exit.code = 1
+        on_term("start_failed")
+
+    sup = Supervisor(str(config_path), loaded, reactor, on_start_failure)
 
     def start() -> None:
         install_signals(reactor, on_term, sup.reload)

@@ -11,6 +11,8 @@ import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -30,7 +32,10 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.started = time.monotonic()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.splitter = LineSplitter(self._message)
-        self.pending_reload: defer.Deferred[dict[str, Any]] | None = None
+        # answers come back in the order the commands were sent
+        self.pending_reloads: deque[defer.Deferred[dict[str, Any]]] = deque()
+        self.fatal: dict[str, Any] | None = None
+        self.retiring = False  # stopped on purpose by a reload (its listener moved or went away)
 
     def _t(self) -> Any:
         return self.transport
@@ -46,13 +51,18 @@ class WorkerProcess(protocol.ProcessProtocol):
         kind = msg.get("type")
         if kind == "state":
             self.state = msg
+            if msg.get("listening"):
+                self.sup.listening(self.role)
         elif kind == "reloaded":
             self.state.update(msg.get("state", {}))
-            if self.pending_reload is not None and not self.pending_reload.called:
-                d, self.pending_reload = self.pending_reload, None
-                d.callback(msg)
+            while self.pending_reloads:
+                d = self.pending_reloads.popleft()
+                if not d.called:  # not timed out
+                    d.callback(msg)
+                    break
         elif kind == "fatal":
-            log.error("worker_fatal", role=self.role, pid=self.pid, error=msg.get("error"))
+            self.fatal = msg
+            log.error("worker_fatal", role=self.role, pid=self.pid, what=msg.get("what"), error=msg.get("error"))
 
     def send(self, cmd: dict[str, Any]) -> None:
         if self.transport is not None:
@@ -73,13 +83,17 @@ class WorkerProcess(protocol.ProcessProtocol):
 
 
 class Supervisor:
-    def __init__(self, config_path: str, loaded: Any, reactor: Any) -> None:
+    def __init__(self, config_path: str, loaded: Any, reactor: Any,
+                 on_start_failure: Callable[[str, str], None] | None = None) -> None:
         self.config_path = config_path
         self.loaded = loaded
         self.reactor = reactor
         self.workers: dict[str, WorkerProcess] = {}
         self.restarts: dict[str, int] = {}
         self.stopping = False
+        self.listened: set[str] = set()  # roles that have been listening at least once
+        self.serving = False  # every role of the first start has listened
+        self.on_start_failure = on_start_failure
 
     @property
     def config(self) -> Any:
@@ -94,6 +108,11 @@ class Supervisor:
         return roles
 
     def start(self) -> None:
+        # Counters appear in /metrics at 0 from the start, so `rate()` and alerts see them.
+        for role in self.roles():
+            metrics.worker_restarts_total.labels(role)
+        for outcome in ("ok", "error"):
+            metrics.config_reloads_total.labels(outcome)
         for role in self.roles():
             self.spawn(role)
 
@@ -105,6 +124,11 @@ class Supervisor:
         )
         self.workers[role] = proto
         log.info("worker_started", role=role, pid=proto.pid)
+
+    def listening(self, role: str) -> None:
+        self.listened.add(role)
+        if not self.serving and self.listened >= set(self.roles()):
+            self.serving = True
 
     def worker_ended(self, proc: WorkerProcess, reason: Failure) -> None:
         status = getattr(reason.value, "exitCode", None)
@@ -118,6 +142,22 @@ class Supervisor:
         if self.stopping:
             log.info("worker_stopped", role=proc.role, pid=proc.pid, exit_status=status, signal=sig)
             return
+        if proc.retiring:
+            log.info("worker_stopped", role=proc.role, pid=proc.pid, exit_status=status, signal=sig,
+                     reason="reload")
+            if proc.role in self.roles() and proc.role not in self.workers:
+                self.spawn(proc.role)  # on its new listener
+            return
+        if not self.serving and proc.role not in self.listened and self.on_start_failure is not None:
+            # At start-up, a worker that never listened has a taken port or a bad config,
+            # which a restart cannot fix. (Later, a restart may succeed: keep trying.)
+            fatal = proc.fatal or {}
+            how = f"signal {sig}" if sig is not None else f"status {status}"
+            what = str(fatal.get("what") or f"the {proc.role} worker")
+            error = str(fatal.get("error") or f"it exited with {how} before listening")
+            log.error("start_failed", what=what, error=error, worker=proc.role, worker_pid=proc.pid)
+            self.on_start_failure(what, error)
+            return
         n = self.restarts.get(proc.role, 0)
         if time.monotonic() - proc.started > 30:
             n = 0
@@ -129,7 +169,7 @@ class Supervisor:
         self.reactor.callLater(delay, self._respawn, proc.role)
 
     def _respawn(self, role: str) -> None:
-        if not self.stopping and role not in self.workers:
+        if not self.stopping and role not in self.workers and role in self.roles():
             self.spawn(role)
 
     # -- admin model -------------------------------------------------------------------------
@@ -162,6 +202,13 @@ class Supervisor:
 
         d = threads.deferToThread(load_all, self.config_path)
 
+        def crashed(f: Failure) -> dict[str, Any]:
+            # a bug in loading must not leave a SIGHUP reload as an unhandled Deferred error
+            why = f"internal error: {type(f.value).__name__}: {f.value}"
+            metrics.config_reloads_total.labels("error").inc()
+            log.error("config_reload_failed", errors=[why])
+            return {"ok": False, "errors": [why]}
+
         def loaded(new: Any) -> Any:
             errors = [p.format() for p in new.problems if p.severity == "error"]
             if errors:
@@ -175,10 +222,11 @@ class Supervisor:
             for role, w in list(self.workers.items()):
                 new_listen = getattr(getattr(new.config, role), "listen", None) if getattr(new.config, role) else None
                 if role not in self.roles() or new_listen != old_listen.get(role):
-                    w.signal("TERM")  # listener moved or role removed: restart (or stop) that worker
+                    w.retiring = True  # listener moved or role removed: restart (or stop) it
+                    w.signal("TERM")
                     continue
                 rd: defer.Deferred[dict[str, Any]] = defer.Deferred()
-                w.pending_reload = rd
+                w.pending_reloads.append(rd)
                 w.send({"cmd": "reload"})
                 rd.addTimeout(30, self.reactor)
                 waits.append(rd)
@@ -197,7 +245,7 @@ class Supervisor:
 
             return dl.addCallback(summarize)
 
-        return d.addCallback(loaded)
+        return d.addCallback(loaded).addErrback(crashed)
 
     # -- shutdown ----------------------------------------------------------------------------
     def stop(self) -> defer.Deferred[Any]:

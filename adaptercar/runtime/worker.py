@@ -12,11 +12,16 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
+import time
+import weakref
+from collections.abc import Generator
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 
 
 class Drain:
@@ -45,6 +50,54 @@ class Drain:
         return d
 
 
+class FrontsThenBackends(service.MultiService):
+    """The service tree of a worker: its first child is the backends, the others are fronts.
+
+    Stopping: every front at once (each stops accepting at once, then drains its calls in
+    flight), and the backend pools only when all fronts are done. `MultiService` would stop
+    them all together: the pools closed under the draining calls, which then failed with
+    UNAVAILABLE. Fronts stop together so that, in --single-process mode, the gRPC front does
+    not keep accepting calls while the JSON front drains.
+    """
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
+        from ..logs import log
+
+        service.Service.stopService(self)
+        backends, *fronts = list(self)
+        stops = [defer.maybeDeferred(svc.stopService) for svc in fronts if svc.running]
+        for ok, result in (yield defer.DeferredList(stops, consumeErrors=True)):
+            if not ok:
+                log.error("internal_error", during="stop", error=repr(result.value))
+        if backends.running:
+            yield defer.maybeDeferred(backends.stopService)
+
+
+def check_can_listen(listen: str) -> None:
+    """Fail with a clear CannotListenError when `host:port` is taken.
+
+    grpc reports a taken port as a RuntimeError plus a C-core log line on stderr; binding a
+    plain socket first (with SO_REUSEADDR, as grpc does) turns that into the same one-line
+    error twisted.web gives. The socket is closed at once; grpc binds right after.
+    """
+    if listen.startswith("unix:"):
+        return
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as e:
+        raise CannotListenError(host, port, e) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise CannotListenError(host, port, e) from None
+
+
 class BackendsService(service.Service):
     def __init__(self, holder: Any) -> None:
         self.holder = holder
@@ -66,9 +119,11 @@ class GrpcService(service.Service):
         self.loop = loop
         self.drain_timeout = drain_timeout
         self.health_task: Any = None
+        self.what = f"the gRPC front on {front.listen}"
 
     def startService(self) -> Any:
         super().startService()
+        check_can_listen(self.front.listen)
         d = defer.Deferred.fromFuture(self.loop.create_task(self.front.start()))
         d.addCallback(lambda _: self._health_loop())
         return d
@@ -89,12 +144,73 @@ class GrpcService(service.Service):
 
 
 class HttpService(service.Service):
+    """The JSON front's listener, and a graceful stop for it.
+
+    Stopping: close the listener, close idle keep-alive connections and mark busy ones to
+    close after their response, wait (up to the drain timeout) for requests in flight, then
+    close what is left gracefully: `loseConnection` sends buffered responses first, whereas
+    the reactor's own shutdown would drop a response still in a socket buffer.
+    """
+
     def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float) -> None:
         self.site = site
         self.listen = listen
         self.port: Any = None
         self.drain = drain
         self.drain_timeout = drain_timeout
+        self.what = f"the JSON front on {listen}"
+        self.inflight = 0
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.idle_waiters: list[defer.Deferred[None]] = []
+        self._track_requests()
+
+    def _track_requests(self) -> None:
+        """Count requests from fully received to finished (or their client gone): a counter
+        and a WeakSet add per request, nothing per byte."""
+        svc = self
+        base: Any = self.site.requestFactory
+
+        class Tracked(base):  # type: ignore[misc, valid-type]
+            _counted = False
+
+            def process(self) -> Any:
+                svc.inflight += 1
+                self._counted = True
+                svc.channels.add(self.channel)
+                return super().process()
+
+            def _done(self) -> None:
+                if self._counted:
+                    self._counted = False
+                    svc.request_done()
+
+            def finish(self) -> Any:
+                try:
+                    return super().finish()
+                finally:
+                    self._done()
+
+            def connectionLost(self, reason: Any) -> Any:  # noqa: N802 - twisted's name
+                try:
+                    return super().connectionLost(reason)
+                finally:
+                    self._done()
+
+        self.site.requestFactory = Tracked
+
+    def request_done(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.idle_waiters:
+            waiters, self.idle_waiters = self.idle_waiters, []
+            for w in waiters:
+                w.callback(None)
+
+    def _requests_idle(self) -> defer.Deferred[None]:
+        if self.inflight == 0:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.idle_waiters.append(d)
+        return d
 
     def startService(self) -> None:
         from twisted.internet import reactor as _reactor
@@ -105,19 +221,34 @@ class HttpService(service.Service):
         host, _, port = self.listen.rpartition(":")
         self.port = reactor.listenTCP(int(port), self.site, interface=host.strip("[]") or "0.0.0.0")
 
-    def stopService(self) -> Any:
+    @defer.inlineCallbacks
+    def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
         from twisted.internet import reactor as _reactor
 
         reactor: Any = _reactor
 
         super().stopService()
         if self.port is None:
-            return None
-        d = defer.maybeDeferred(self.port.stopListening)
-        d.addCallback(lambda _: self.drain.idle())
-        d.addTimeout(self.drain_timeout, reactor)
-        d.addErrback(lambda _: None)
-        return d
+            return
+        yield defer.maybeDeferred(self.port.stopListening)
+        for ch in list(self.channels):
+            ch.persistent = False  # busy ones close once their response is written
+            if not ch.requests:
+                ch.loseConnection()  # idle keep-alive: nothing to wait for
+        drained = defer.DeferredList([self._requests_idle(), self.drain.idle()])
+        drained.addTimeout(self.drain_timeout, reactor)
+        try:
+            yield drained
+        except defer.TimeoutError:
+            pass  # drain_timeout passed: what is still running is cut off below
+        for ch in list(self.channels):
+            if ch.transport is not None and ch.transport.connected:
+                ch.loseConnection()
+        # let buffered responses reach their clients, boundedly
+        flush_end = time.monotonic() + 1.0
+        while time.monotonic() < flush_end and any(
+                ch.transport is not None and ch.transport.connected for ch in list(self.channels)):
+            yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

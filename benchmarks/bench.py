@@ -1,0 +1,355 @@
+"""The run's shared state: settings, the servers under test, paired runs, and what was found.
+
+Servers are started on first use and stay up for the whole run (idle servers cost nothing),
+so every scenario pairs its subject with its baselines in the same minutes on the same
+machine: A B A B …, one after the other, never at once, and the median of each figure.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import load
+from .load import LoadCommand, Measure
+from .procs import (
+    ROOT,
+    BenchError,
+    Processes,
+    Started,
+    cpu_seconds,
+    free_port,
+    memcached_argv,
+    process_tree,
+    python_env,
+    wait_port,
+)
+
+KV = ROOT / "benchmarks" / "kv"
+FLOORS = ROOT / "benchmarks" / "floors"
+KEY, FLAGS, VALUE = "bench", 7, "v" * 64
+JSON_PATH = f"/v1/cache/{KEY}"
+GRPC_PATH = "/kv.v1.Cache/Get"
+
+
+@dataclass
+class Settings:
+    duration: int = 5  # seconds per run (wrk counts whole seconds)
+    repeat: int = 2  # A B pairs
+    warmup: int = 1  # seconds of unmeasured load before a subject's first run (0: none)
+    rate: int = 1000  # the fixed-rate scenario's total requests per second
+    out: Path = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class Row:
+    scenario: str
+    subject: str
+    measure: Measure | None = None
+    baseline: str | None = None
+    ratio: float | None = None  # subject throughput / baseline throughput
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+    runs: list[Measure] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "subject": self.subject,
+                "measure": self.measure.as_dict() if self.measure else None, "baseline": self.baseline,
+                "ratio": None if self.ratio is None else round(self.ratio, 3), "note": self.note,
+                "extra": {k: round(v, 4) for k, v in self.extra.items()},
+                "runs": [m.as_dict() for m in self.runs]}
+
+
+@dataclass
+class Check:
+    """One of the issue's targets, against a measured value."""
+
+    target: str
+    value: float
+    limit: float
+    at_most: bool  # True: value ≤ limit passes; False: value ≥ limit passes
+    unit: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.value <= self.limit if self.at_most else self.value >= self.limit
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "value": round(self.value, 4), "limit": self.limit,
+                "at_most": self.at_most, "unit": self.unit, "passed": self.passed}
+
+
+@dataclass
+class Subject:
+    """One side of a pairing: the load to run and the processes whose CPU time it is charged."""
+
+    label: str
+    loads: Callable[[int], list[LoadCommand]]  # the load commands for a run of that many seconds
+    pids: Callable[[], list[int]] | None = None
+
+
+@dataclass
+class Sidecar:
+    started: Started
+    http: int
+    grpc: int
+    admin: int
+
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.s = settings
+        self.workdir = workdir
+        self.procs = Processes(workdir)
+        self.rows: list[Row] = []
+        self.checks: list[Check] = []
+        self.errors: list[str] = []
+        self.solo: dict[str, Measure] = {}  # front → its solo median, for the mixed scenario
+        self._servers: dict[str, Any] = {}
+        self._h2log = 0
+        self.grpc_request = workdir / "get-request.grpc"
+        self.grpc_request.write_bytes(load.grpc_frame(_get_request_bytes(KEY)))
+        self.grpc_reply_bytes = len(load.grpc_frame(_get_reply_bytes()))
+
+    # -- servers, started once --------------------------------------------------------------
+    def memcached(self) -> int:
+        if "memcached" not in self._servers:
+            port = free_port()
+            p = self.procs.start("memcached", memcached_argv(port))
+            wait_port(port, p.proc, "memcached")
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"set {KEY} {FLAGS} 0 {len(VALUE)}\r\n{VALUE}\r\n".encode())
+                if s.recv(100) != b"STORED\r\n":
+                    raise BenchError("memcached did not store the benchmark key")
+            self._servers["memcached"] = port
+        return int(self._servers["memcached"])
+
+    def start_sidecar(self, name: str, single_process: bool = False) -> Sidecar:
+        mc = self.memcached()
+        ports = {"http": free_port(), "grpc": free_port(), "admin": free_port()}
+        env = {f"BENCH_{k.upper()}_PORT": str(v) for k, v in ports.items()}
+        env["BENCH_MEMCACHED_PORT"] = str(mc)
+        argv = [sys.executable, "-m", "adaptercar.cli", "run", "-c", str(KV / "adaptercar.yaml")]
+        if single_process:
+            argv.append("--single-process")
+        p = self.procs.start(name, argv, env=python_env(env))
+        sc = Sidecar(p, ports["http"], ports["grpc"], ports["admin"])
+        _wait_ready(sc)
+        check_json(sc.http, name)
+        check_grpc(sc.grpc, name, self.grpc_request)
+        return sc
+
+    def sidecar(self) -> Sidecar:
+        if "sidecar" not in self._servers:
+            self._servers["sidecar"] = self.start_sidecar("sidecar")
+        sc: Sidecar = self._servers["sidecar"]
+        return sc
+
+    def _floor(self, name: str, script: str) -> tuple[Started, int]:
+        if name not in self._servers:
+            mc = self.memcached()
+            p = self.procs.start(name, [sys.executable, str(FLOORS / script), "--port", "0",
+                                        "--memcached", f"127.0.0.1:{mc}", "--pool", "2", "--pipeline", "16"])
+            self._servers[name] = (p, _listening_port(p))
+        got: tuple[Started, int] = self._servers[name]
+        return got
+
+    def twisted_floor(self) -> tuple[Started, int]:
+        fresh = "twisted-floor" not in self._servers
+        p, port = self._floor("twisted-floor", "twisted_memcached.py")
+        if fresh:
+            check_json(port, "twisted floor")
+        return p, port
+
+    def grpc_floor(self) -> tuple[Started, int]:
+        fresh = "grpcaio-floor" not in self._servers
+        p, port = self._floor("grpcaio-floor", "grpcaio_memcached.py")
+        if fresh:
+            check_grpc(port, "grpc.aio floor", self.grpc_request)
+        return p, port
+
+    # -- loads -------------------------------------------------------------------------------
+    def _log(self) -> Path:
+        self._h2log += 1
+        return self.workdir / f"h2load-{self._h2log}.log"
+
+    def json_load(self, port: int, duration: int | None = None) -> LoadCommand:
+        return load.wrk(f"http://127.0.0.1:{port}{JSON_PATH}", duration or self.s.duration)
+
+    def grpc_load(self, port: int, duration: int | None = None) -> LoadCommand:
+        return load.h2load(f"http://127.0.0.1:{port}{GRPC_PATH}", duration or self.s.duration, self._log(),
+                           clients=4, streams=8, data=self.grpc_request, headers=load.GRPC_HEADERS,
+                           body_bytes=self.grpc_reply_bytes)
+
+    def direct_load(self, duration: int | None = None, rate: float | None = None) -> LoadCommand:
+        return load.direct(self.memcached(), KEY, len(VALUE), FLAGS, duration or self.s.duration,
+                           conns=1 if rate else 4, depth=8, rate=rate)
+
+    # At a fixed rate, one load-generator connection: h2load starts every client's rate timer at
+    # the same instant, so N clients send bursts of N requests, and the queueing inside each
+    # burst (measured: p50 0.45 ms with 1 client, 2.7 ms with 10, same total rate) would be
+    # charged to the server. gRPC may overlap calls on its one connection (8 streams).
+    def json_at_rate(self, port: int, duration: int | None = None) -> LoadCommand:
+        return load.h2load(f"http://127.0.0.1:{port}{JSON_PATH}", duration or self.s.duration, self._log(),
+                           clients=1, h1=True, rps_per_client=self.s.rate)
+
+    def grpc_at_rate(self, port: int, duration: int | None = None) -> LoadCommand:
+        return load.h2load(f"http://127.0.0.1:{port}{GRPC_PATH}", duration or self.s.duration, self._log(),
+                           clients=1, streams=8, data=self.grpc_request, headers=load.GRPC_HEADERS,
+                           rps_per_client=self.s.rate, body_bytes=self.grpc_reply_bytes)
+
+    # -- pairing -----------------------------------------------------------------------------
+    def paired(self, subjects: Sequence[Subject]) -> dict[str, list[list[Measure]]]:
+        """Run A B C A B C … `repeat` times; per subject, per load command, every run's Measure.
+
+        A subject's first run is preceded by `warmup` seconds of the same load, unmeasured,
+        so pools are connected and caches warm. Runs with errors make the whole pairing fail:
+        figures from a server that answered errors are not throughput.
+        """
+        if self.s.warmup > 0:
+            for sub in subjects:
+                load.run_together(sub.loads(self.s.warmup))
+                load.settle()
+        out: dict[str, list[list[Measure]]] = {sub.label: [] for sub in subjects}
+        for _ in range(self.s.repeat):
+            for sub in subjects:
+                pids = sub.pids() if sub.pids else []
+                cpu0 = cpu_seconds(pids)
+                ms = load.run_together(sub.loads(self.s.duration))
+                cpu = cpu_seconds(pids) - cpu0
+                for m in ms:
+                    if m.errors:
+                        raise BenchError(f"{sub.label}: {m.errors} failed requests in a {m.tool} run")
+                    if m.requests == 0:
+                        raise BenchError(f"{sub.label}: no request succeeded in a {m.tool} run")
+                ms = [replace(m, cpu_seconds=cpu) if sub.pids else m for m in ms]
+                out[sub.label].append(ms)
+                figures = "; ".join(f"{m.rps:,.0f} req/s p50 {m.p50_ms:.2f} p99 {m.p99_ms:.2f} ms" for m in ms)
+                print(f"   {sub.label}: {figures}", flush=True)
+                load.settle()
+        return out
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def check(self, target: str, value: float, limit: float, at_most: bool, unit: str = "") -> None:
+        self.checks.append(Check(target, value, limit, at_most, unit))
+
+    def stop(self) -> None:
+        self.procs.stop_all()
+        self._servers.clear()
+
+
+def tree_of(started: Started) -> Callable[[], list[int]]:
+    return lambda: process_tree(started.pid)
+
+
+def _listening_port(p: Started, timeout: float = 30.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for line in p.log.read_text(errors="replace").splitlines():
+            if line.startswith("LISTENING "):
+                return int(line.rsplit(":", 1)[1])
+        if p.proc.poll() is not None:
+            raise BenchError(f"{p.name} exited {p.proc.returncode}:\n{p.tail()}")
+        time.sleep(0.05)
+    raise BenchError(f"{p.name} did not start listening within {timeout:.0f}s:\n{p.tail()}")
+
+
+def _wait_ready(sc: Sidecar, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if sc.started.proc.poll() is not None:
+            raise BenchError(f"the sidecar exited {sc.started.proc.returncode}:\n{sc.started.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{sc.admin}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"the sidecar was not ready within {timeout:.0f}s:\n{sc.started.tail()}")
+
+
+# -- answers are checked before any load: a fast error is not throughput --------------------------
+EXPECTED_JSON = {"key": KEY, "flags": FLAGS, "value": VALUE}
+
+
+def check_json(port: int, who: str) -> None:
+    url = f"http://127.0.0.1:{port}{JSON_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except OSError as e:
+        raise BenchError(f"{who}: GET {url} failed: {e}") from None
+    try:
+        got = json.loads(body)
+    except ValueError:
+        got = body[:200]
+    if status != 200 or got != EXPECTED_JSON:
+        raise BenchError(f"{who}: GET {url} answered {status} {got!r}, expected 200 {EXPECTED_JSON!r}")
+
+
+_kv: Any = None
+
+
+def _kv_messages() -> Any:
+    """kv.v1 message classes, generated from the benchmark's proto at run time."""
+    global _kv
+    if _kv is None:
+        import grpc
+
+        sys.path.insert(0, str(KV / "protos"))
+        try:
+            _kv = grpc.protos("kv/v1/kv.proto")  # type: ignore[attr-defined]
+        finally:
+            sys.path.remove(str(KV / "protos"))
+    return _kv
+
+
+def _get_request_bytes(key: str) -> bytes:
+    return bytes(_kv_messages().GetRequest(key=key).SerializeToString())
+
+
+def _get_reply_bytes() -> bytes:
+    return bytes(_kv_messages().GetReply(**EXPECTED_JSON).SerializeToString())
+
+
+def check_grpc(port: int, who: str, request_file: Path) -> None:
+    """A real grpcio call, then the exact bytes h2load will send, through nghttp: grpc-status
+    errors come as HTTP 200, so h2load's own count of successes cannot tell them apart."""
+    import grpc
+
+    kv = _kv_messages()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = ch.unary_unary(GRPC_PATH, request_serializer=kv.GetRequest.SerializeToString,
+                              response_deserializer=kv.GetReply.FromString)
+        try:
+            reply = stub(kv.GetRequest(key=KEY), timeout=10)
+        except grpc.RpcError as e:
+            raise BenchError(f"{who}: gRPC Get failed: {e.code()} {e.details()}") from None
+    got = {"key": reply.key, "flags": reply.flags, "value": reply.value}
+    if got != EXPECTED_JSON:
+        raise BenchError(f"{who}: gRPC Get answered {got!r}, expected {EXPECTED_JSON!r}")
+    argv = ["nghttp", "-v", "-d", str(request_file)]
+    for h in load.GRPC_HEADERS:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port}{GRPC_PATH}")
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=20).stdout.decode("latin-1")
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{who}: nghttp did not finish") from None
+    if "grpc-status: 0" not in out:
+        raise BenchError(f"{who}: the h2load request bytes do not get grpc-status 0:\n{out[-1500:]}")

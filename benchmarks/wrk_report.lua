@@ -1,0 +1,10 @@
+-- wrk prints latency percentiles rounded for humans; this prints the exact figures (µs) as one
+-- JSON line that benchmarks/load.py reads. Non-2xx/3xx answers count as errors.status.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+      .. '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), e.connect, e.read, e.write, e.status, e.timeout))
+end

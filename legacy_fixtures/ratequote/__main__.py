@@ -1,0 +1,3 @@
+from .ratequote import main
+
+raise SystemExit(main())
