@@ -645,10 +645,6 @@ def test_shutdown_leaves_no_child_alive(single: bool, sidecars: Any) -> None:
     wait_until(lambda: not any(alive(p) for p in pids), 10, f"children {pids} gone")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/worker.py BackendsService.stopService does not wait for ProcessPool.stop(), whose "
-    "Deferred fires once every child has exited: the reactor stops before the SIGKILL that "
-    "follows an ignored SIGTERM, so a hung child that ignores SIGTERM outlives the sidecar"))
 def test_shutdown_kills_a_hung_child_that_ignores_sigterm(sidecars: Any) -> None:
     sc = sidecars(rq_config("--hang-on", "SLOWPOKE", "--ignore-sigterm", pool={"size": 1}, timeout="30s"),
                   single_process=True)

@@ -108,9 +108,17 @@ class BackendsService(service.Service):
             b.start()
 
     def stopService(self) -> Any:
+        """Stop every pool and wait (bounded) until it is done: a process pool's stop fires
+        once each child has exited, after SIGKILL for one that ignores SIGTERM, so no child
+        outlives the sidecar."""
+        from twisted.internet import reactor
+
         super().stopService()
-        for b in self.holder.get().backends.values():
-            b.stop()
+        stops = [defer.maybeDeferred(b.stop) for b in self.holder.get().backends.values()]
+        d = defer.DeferredList(stops, consumeErrors=True)
+        d.addTimeout(5.0, reactor)  # type: ignore[arg-type]
+        d.addErrback(lambda _: None)
+        return d
 
 
 class GrpcService(service.Service):
