@@ -93,20 +93,21 @@ def _framing(line: Any, encoding: str) -> fr.Framing:
     return fr.StxEtx()
 
 
-def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) -> LineSpec | None:
-    base: Path_ = ("backends", name, "line")
-    encoding = line.encoding
+def _stream_basics(c: _Collector, base: Path_, cfg: Any, environ: Mapping[str, str]) -> (
+        tuple[fr.Framing, Any, tuple[tuple[bytes, re.Pattern[str] | None], ...], Scope] | None):
+    """What line and process backends share: framing, banner, the on_connect exchange."""
+    encoding = cfg.encoding
     try:
-        framing = _framing(line, encoding)
-        fr.Decoder(framing, line.max_line_bytes)
+        framing = _framing(cfg, encoding)
+        fr.Decoder(framing, cfg.max_line_bytes)
     except (ValueError, UnicodeError) as e:
         c.error((*base, "framing"), f"invalid framing: {e}")
         return None
-    banner = _regex(c, (*base, "banner"), line.banner) if line.banner else None
+    banner = _regex(c, (*base, "banner"), cfg.banner) if cfg.banner else None
     scope = Scope(request=None, env=environ, encoding=encoding, allow_meta=False, allow_claims=False)
     on_connect: list[tuple[bytes, re.Pattern[str] | None]] = []
     ok = True
-    for i, step in enumerate(line.on_connect):
+    for i, step in enumerate(cfg.on_connect):
         try:
             text = compile_template(step.send, scope).render(_EMPTY_CTX)
             frame = encode_const(framing, encoding, text)
@@ -116,6 +117,17 @@ def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) 
             continue
         expect = _regex(c, (*base, "on_connect", i, "expect"), step.expect) if step.expect else None
         on_connect.append((frame, expect))
+    return (framing, banner, tuple(on_connect), scope) if ok else None
+
+
+def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) -> LineSpec | None:
+    base: Path_ = ("backends", name, "line")
+    encoding = line.encoding
+    basics = _stream_basics(c, base, line, environ)
+    if basics is None:
+        return None
+    framing, banner, on_connect, scope = basics
+    ok = True
     probe = None
     if line.probe is not None:
         pat = _regex(c, (*base, "probe", "expect"), line.probe.expect or "")
@@ -134,7 +146,7 @@ def _line_spec(name: str, line: Any, c: _Collector, environ: Mapping[str, str]) 
     pool = line.pool
     return LineSpec(
         name=name, address=line.address, framing=framing, encoding=encoding, mode=line.mode,
-        banner=banner, on_connect=tuple(on_connect), pool_size=pool.size, pipeline=pool.pipeline,
+        banner=banner, on_connect=on_connect, pool_size=pool.size, pipeline=pool.pipeline,
         max_waiting=pool.max_waiting, idle_timeout=pool.idle_timeout, max_age=pool.max_age,
         keepalive=pool.keepalive, timeout=line.timeout, connect_timeout=line.connect_timeout,
         max_line_bytes=line.max_line_bytes, probe=probe,
@@ -148,12 +160,10 @@ def _process_spec(name: str, proc: Any, c: _Collector, environ: Mapping[str, str
 
     base: Path_ = ("backends", name, "process")
     encoding = proc.encoding
-    try:
-        framing = _framing(proc, encoding)
-        fr.Decoder(framing, proc.max_line_bytes)
-    except (ValueError, UnicodeError) as e:
-        c.error((*base, "framing"), f"invalid framing: {e}")
+    basics = _stream_basics(c, base, proc, environ)
+    if basics is None:
         return None
+    framing, banner, on_connect, _ = basics
     env = child_env({k: str(v) for k, v in proc.env.items()}, environ)
     cwd = str(proc.cwd) if proc.cwd is not None else "."
     argv0 = proc.command[0]
@@ -163,24 +173,12 @@ def _process_spec(name: str, proc: Any, c: _Collector, environ: Mapping[str, str
         c.error((*base, "command", 0), f"program {argv0!r} not found "
                 f"({'on PATH' if '/' not in argv0 else 'relative to cwd ' + cwd})")
         return None
-    banner = _regex(c, (*base, "banner"), proc.banner) if proc.banner else None
-    scope = Scope(request=None, env=environ, encoding=encoding, allow_meta=False, allow_claims=False)
-    on_connect: list[tuple[bytes, re.Pattern[str] | None]] = []
-    for i, step in enumerate(proc.on_connect):
-        try:
-            text = compile_template(step.send, scope).render(_EMPTY_CTX)
-            frame = encode_const(framing, encoding, text)
-        except (TemplateError, ValueError) as e:
-            c.error((*base, "on_connect", i, "send"), str(e))
-            return None
-        expect = _regex(c, (*base, "on_connect", i, "expect"), step.expect) if step.expect else None
-        on_connect.append((frame, expect))
     return ProcessSpec(
         name=name, argv=tuple(proc.command), env=env, cwd=cwd, framing=framing, encoding=encoding,
         mode=proc.mode, pool_size=proc.pool.size, max_waiting=proc.pool.max_waiting, timeout=proc.timeout,
         max_line_bytes=proc.max_line_bytes, max_reply_bytes=proc.max_reply_bytes,
         restart_base=proc.restart.base, restart_max=proc.restart.max, banner=banner,
-        on_connect=tuple(on_connect),
+        on_connect=on_connect,
     )
 
 

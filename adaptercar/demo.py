@@ -161,13 +161,12 @@ def _checks(ports: dict[str, int]) -> list[Check]:
     loaded = load_all(DEMO_CONFIG, environ={**os.environ, "LEDGER_USER": "demo", "LEDGER_PASS": "demo"},
                       run_examples=False)
     ps = loaded.protoset
-    svc = ps.services()["ledger.v1.Ledger"]
     channel = grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}")
 
-    def rpc(name: str, **fields: Any) -> Callable[[], Any]:
-        m = svc.methods_by_name[name]
+    def rpc_to(service: str, name: str, **fields: Any) -> Callable[[], Any]:
+        m = ps.services()[service].methods_by_name[name]
         req_cls, resp_cls = ps.message_class(m.input_type), ps.message_class(m.output_type)
-        stub = channel.unary_unary(f"/ledger.v1.Ledger/{name}", request_serializer=req_cls.SerializeToString,
+        stub = channel.unary_unary(f"/{service}/{name}", request_serializer=req_cls.SerializeToString,
                                    response_deserializer=resp_cls.FromString)
 
         def call() -> Any:
@@ -180,23 +179,11 @@ def _checks(ports: dict[str, int]) -> list[Check]:
 
         return call
 
-    rq = ps.services()["ratequote.v1.RateQuote"]
+    def rpc(name: str, **fields: Any) -> Callable[[], Any]:
+        return rpc_to("ledger.v1.Ledger", name, **fields)
 
     def rpc_rq(name: str, **fields: Any) -> Callable[[], Any]:
-        m = rq.methods_by_name[name]
-        req_cls, resp_cls = ps.message_class(m.input_type), ps.message_class(m.output_type)
-        stub = channel.unary_unary(f"/ratequote.v1.RateQuote/{name}", request_serializer=req_cls.SerializeToString,
-                                   response_deserializer=resp_cls.FromString)
-
-        def call() -> Any:
-            from google.protobuf import json_format
-
-            try:
-                return ("OK", json_format.MessageToDict(stub(req_cls(**fields), timeout=5)))
-            except grpc.RpcError as e:
-                return (e.code().name, e.details())
-
-        return call
+        return rpc_to("ratequote.v1.RateQuote", name, **fields)
 
     hp = ports["http"]
     note = "line one\r\nline two with a CRLF inside"
