@@ -814,3 +814,33 @@ def test_check_fails_wrong_process_examples(tmp_path: Path) -> None:
     assert any("methods.Eval.examples[4]: example failed: expected error INVALID_ARGUMENT, got INTERNAL: "
                "the mapping left 2 byte(s) of the example reply unread" in line for line in lines), text
     assert "5 problem(s) found" in text, text
+
+
+def test_per_call_children_spawned_from_the_grpc_front_do_not_abort(sidecars: Any) -> None:
+    """Forking after `import grpc` ran grpc's fork handlers in the child, which then died
+    (SIGABRT/SIGSEGV) before exec in about one call in six under concurrent gRPC load;
+    adaptercar turns grpc's fork support off (adaptercar/__init__.py)."""
+    example = ROOT / "docs" / "examples" / "bc"
+    cfg = yaml.safe_load((example / "adaptercar.yaml").read_text())
+    cfg.update({"grpc": {}, "http": {}, "admin": {}, "protos": [str(example / "protos")],
+                "mappings": [str(example / "mapping.yaml")]})
+    sc = sidecars(cfg, single_process=True)
+    ps = compile_protos([example / "protos"])
+    md = ps.services()["calc.v1.Calc"].methods_by_name["Factor"]
+    req_cls, resp_cls = ps.message_class(md.input_type), ps.message_class(md.output_type)
+    channel = grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}")
+    stub = channel.unary_unary("/calc.v1.Calc/Factor", request_serializer=req_cls.SerializeToString,
+                               response_deserializer=resp_cls.FromString)
+    field = md.input_type.fields[0].name
+
+    def one(_: int) -> str:
+        try:
+            stub(req_cls(**{field: "360"}), timeout=10)
+            return "OK"
+        except grpc.RpcError as e:
+            return f"{e.code().name}: {e.details()}"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(150)))
+    channel.close()
+    assert [r for r in results if r != "OK"] == []
