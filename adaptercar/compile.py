@@ -23,6 +23,7 @@ from google.protobuf.descriptor import Descriptor
 
 from .backends.line import LinePool, LineSpec, ProbeSpec
 from .backends.process import ProcessPool, ProcessSpec, child_env
+from .backends.soap import SoapBackend, SoapSpec, WsdlBinding
 from .config.load import load_all as config_load_all
 from .config.problems import Problem
 from .config.yamlsource import SourceMap
@@ -37,6 +38,7 @@ from .mapping.operation import (
     run_offline,
 )
 from .mapping.reply import BodySpec, EachSpec, Limits, ReplySpec, Rule, SideRule
+from .mapping.soap_operation import SoapOperation
 from .mapping.template import Scope, Template, TemplateError, compile_template
 from .protos import ProtoError, ProtoSet, compile_protos, empty_protoset
 
@@ -51,7 +53,8 @@ class Loaded:
     protoset: ProtoSet = field(default_factory=empty_protoset)
     problems: list[Problem] = field(default_factory=list)
     specs: dict[str, LineSpec | ProcessSpec] = field(default_factory=dict)
-    ops: dict[str, LineOperation] = field(default_factory=dict)
+    ops: dict[str, LineOperation | SoapOperation] = field(default_factory=dict)
+    soap: dict[str, tuple[SoapSpec, WsdlBinding]] = field(default_factory=dict)
     service_backends: dict[str, set[str]] = field(default_factory=dict)
 
     @property
@@ -172,6 +175,9 @@ def _process_spec(name: str, proc: Any, c: _Collector, environ: Mapping[str, str
     if found is None or not os.path.exists(found):
         c.error((*base, "command", 0), f"program {argv0!r} not found "
                 f"({'on PATH' if '/' not in argv0 else 'relative to cwd ' + cwd})")
+        return None
+    if not os.access(found, os.X_OK) or os.path.isdir(found):
+        c.error((*base, "command", 0), f"program {found!r} is not an executable file")
         return None
     return ProcessSpec(
         name=name, argv=tuple(proc.command), env=env, cwd=cwd, framing=framing, encoding=encoding,
@@ -536,6 +542,10 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
             spec = _process_spec(name, b.process, top, env)
         if spec is not None:
             loaded.specs[name] = spec
+        if b.soap is not None:
+            soap = _soap_backend(name, b.soap, top)
+            if soap is not None:
+                loaded.soap[name] = soap
     mapped: set[str] = set()
     for mres in project.mappings:
         mp = mres.validated
@@ -568,8 +578,15 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 continue  # reported by the config checks
             stream_cfg = bcfg.line if bcfg.line is not None else bcfg.process
             if stream_cfg is None:
-                bpath = (*mpath, "backend") if m.backend else ("backend",)
-                mc.error(bpath, f"backend {backend!r} is a soap backend, which this version does not serve yet")
+                soap = loaded.soap.get(backend)
+                if soap is None:
+                    continue  # its config problems are already reported
+                sop = _soap_op(mc, mpath, mp.service, name, m, backend, soap[1], loaded.protoset, env)
+                if sop is not None:
+                    if m.examples:
+                        mc.note((*mpath, "examples"), "examples of SOAP methods are not run yet")
+                    loaded.ops[full] = sop
+                    loaded.service_backends.setdefault(mp.service, set()).add(backend)
                 continue
             bspec = loaded.specs.get(backend)
             if bspec is None:
@@ -596,6 +613,150 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
     return loaded
 
 
+# --- SOAP ------------------------------------------------------------------------------------
+
+def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBinding] | None:
+    """Loads the WSDL now (blocking, at config load), so `check` reports a bad WSDL, service
+    or port, and calls never wait for it."""
+    from .backends.soap import WsdlError, load_wsdl
+
+    wsse = None if cfg.wsse is None else (cfg.wsse.username, cfg.wsse.password, cfg.wsse.digest)
+    spec = SoapSpec(name=name, wsdl=str(cfg.wsdl), endpoint=cfg.endpoint, service=cfg.service,
+                    port=cfg.port, wsse=wsse, timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                    pool_size=cfg.pool.size, max_reply_bytes=cfg.max_reply_bytes)
+    try:
+        return spec, load_wsdl(spec)
+    except WsdlError as e:
+        c.error(("backends", name, "soap", e.key), str(e))
+        return None
+
+
+def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,
+             wsdl: WsdlBinding, protoset: ProtoSet, environ: Mapping[str, str]) -> SoapOperation | None:
+    from .backends.soap import reply_wrapper
+    from .mapping.soap_operation import (
+        FAULT_GROUPS,
+        FaultRule,
+        SoapMappingError,
+        compile_explicit_request,
+        compile_explicit_response,
+        compile_request,
+        compile_response,
+        schema_elems,
+    )
+
+    md = protoset.method(service, name)
+    req, out = md.input_type, md.output_type
+    opname = m.operation or name
+    zop = wsdl.operations.get(opname)
+    if zop is None:
+        c.error((*mpath, "operation") if m.operation else mpath,
+                f"port {wsdl.port} has no operation {opname!r} (operations: "
+                f"{', '.join(sorted(wsdl.operations))})")
+        return None
+    ok = True
+    if m.request is not None and not isinstance(m.request, dict):
+        c.error((*mpath, "request"), "a soap backend takes 'request' as a mapping of element → "
+                                     "template (or none: fields matched by name)")
+        ok = False
+    if m.response is not None and not isinstance(m.response, dict):
+        c.error((*mpath, "response"), "a soap backend takes 'response' as a mapping of field → "
+                                      "reply path (or none: matched by name)")
+        ok = False
+    if not ok:
+        return None
+    in_type = getattr(getattr(zop.input, "body", None), "type", None)
+    in_elems = schema_elems(in_type)
+    out_type, wrap_as = reply_wrapper(zop)
+    scope = Scope(request=req, env=environ, encoding="utf-8")
+    try:
+        if m.request is None:
+            request: Any = compile_request(req, in_type, opname)
+        else:
+            def tpl(text: str) -> Template:
+                try:
+                    return compile_template(text, scope)
+                except TemplateError as e:
+                    raise SoapMappingError(f"template {text!r}: {e}") from e
+            request = compile_explicit_request(req, in_elems, m.request, tpl, "request")
+    except SoapMappingError as e:
+        c.error((*mpath, "request") if m.request is not None else mpath, str(e))
+        ok = False
+    try:
+        response: Any = (compile_response(out, out_type, opname) if m.response is None
+                         else compile_explicit_response(out, m.response, "response", out_type))
+    except SoapMappingError as e:
+        c.error((*mpath, "response") if m.response is not None else mpath, str(e))
+        ok = False
+    rules = []
+    fscope = Scope(request=req, groups=FAULT_GROUPS, env=environ, encoding="utf-8")
+    for i, fault in enumerate(m.faults):
+        fpath = (*mpath, "faults", i)
+        pats = {}
+        for key in ("code", "string", "detail"):
+            text = getattr(fault.match, key)
+            pats[key] = None if text is None else _regex(c, (*fpath, "match", key), text)
+            ok = ok and (text is None or pats[key] is not None)
+        msg = None
+        if fault.error.message is not None:
+            msg = _templates(c, (*fpath, "error", "message"), fault.error.message, fscope)
+            ok = ok and msg is not None
+        rules.append(FaultRule(pats["code"], pats["string"], pats["detail"], Code[fault.error.code], msg))
+    if not ok:
+        return None
+    return SoapOperation(
+        service=service, method=name, backend=backend, operation=opname,
+        input_class=protoset.message_class(req), output_class=protoset.message_class(out),
+        request=request, response=response, wrap_as=wrap_as, faults=tuple(rules),
+        idempotent=m.idempotent, timeout=m.timeout, auth=m.auth or "none",
+    )
+
+
+def _soap_invoker(op: SoapOperation, backend: SoapBackend, drain: Any) -> Any:
+    from twisted.python.failure import Failure
+
+    from .mapping.soap_operation import FaultInfo
+
+    default_timeout = op.timeout if op.timeout is not None else backend.spec.timeout
+    monotonic = time.monotonic
+
+    def invoke(request: Any, ctx: CallContext, info: dict[str, Any]) -> Any:
+        rctx = RenderContext(request, {}, ctx.meta, ctx.claims)
+        kwargs = op.kwargs(request, rctx)  # CallError(INVALID_ARGUMENT) before anything is sent
+        timeout = default_timeout
+        if ctx.deadline is not None:
+            left = ctx.deadline - monotonic()
+            if left <= 0:
+                raise CallError(Code.DEADLINE_EXCEEDED, "deadline expired before the call was sent")
+            timeout = min(timeout, left)
+        headers = {}
+        if ctx.request_id:
+            headers["X-Request-Id"] = ctx.request_id
+        trace = ctx.meta.get("traceparent")
+        if trace:
+            headers["traceparent"] = trace
+        t0 = monotonic()
+        drain.enter()
+        try:
+            d = backend.call(op.operation, kwargs, timeout, headers)
+        except BaseException:
+            drain.leave()
+            raise
+
+        def done(result: Any) -> Any:
+            info["backend_ms"] = round((monotonic() - t0) * 1000, 3)
+            drain.leave()
+            if isinstance(result, FaultInfo):
+                raise op.fault(result, request)
+            if isinstance(result, Failure):
+                return result
+            return op.message(result)
+
+        return d.addBoth(done)
+
+    return invoke
+
+
 # --- live objects ---------------------------------------------------------------------------
 
 def redacted_view(loaded: Loaded) -> dict[str, Any]:
@@ -611,7 +772,9 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
     (their connections survive a reload); the caller starts new ones and stops dropped ones."""
     from .fronts.calls import ConfigSet, MethodEntry
 
-    pools: dict[str, LinePool | ProcessPool] = {}
+    pools: dict[str, LinePool | ProcessPool | SoapBackend] = {}
+    for name, (sspec, wsdl) in loaded.soap.items():
+        pools[name] = SoapBackend(sspec, wsdl, reactor)
     for name, spec in loaded.specs.items():
         old = (reuse or {}).get(name)
         if old is not None and old.spec == spec:
@@ -623,9 +786,15 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
     methods: dict[str, MethodEntry] = {}
     for path, op in loaded.ops.items():
         pool = pools[op.backend]
+        if isinstance(op, SoapOperation):
+            assert isinstance(pool, SoapBackend)
+            invoke = _soap_invoker(op, pool, drain)
+        else:
+            assert not isinstance(pool, SoapBackend)
+            invoke = _invoker(op, pool, drain)
         methods[path] = MethodEntry(
             service=op.service, method=op.method, input_class=op.input_class,
-            output_class=op.output_class, backend=op.backend, invoke=_invoker(op, pool, drain),
+            output_class=op.output_class, backend=op.backend, invoke=invoke,
             descriptor=loaded.protoset.method(op.service, op.method), auth=op.auth,
         )
     return ConfigSet(generation=generation, config=loaded.config, protoset=loaded.protoset,
@@ -633,12 +802,20 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
 
 
 def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any:
+    """The call path of one rpc: render and frame the request, then hand it to the pool.
+    Offered in callback form (`start`, what the fronts use: no Deferred per call on a line
+    pool) and as a Deferred-returning callable."""
+    from .fronts.calls import CallbackInvoke, Done
+
     default_timeout = op.timeout if op.timeout is not None else pool.spec.timeout
     monotonic = time.monotonic
+    render_context, encode_request, reader = op.render_context, op.encode_request, op.reader
+    idempotent = op.idempotent
+    line_pool = pool if isinstance(pool, LinePool) else None
 
-    def invoke(request: Any, ctx: CallContext, info: dict[str, Any]) -> Any:
-        rctx = op.render_context(request, ctx)
-        data = op.encode_request(rctx)  # CallError(INVALID_ARGUMENT) before anything is sent
+    def start(request: Any, ctx: CallContext, info: dict[str, Any], done: Done) -> Any:
+        rctx = render_context(request, ctx)
+        data = encode_request(rctx)  # CallError(INVALID_ARGUMENT) before anything is sent
         timeout = default_timeout
         if ctx.deadline is not None:
             left = ctx.deadline - monotonic()
@@ -647,13 +824,16 @@ def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any
             timeout = min(timeout, left)
         t0 = monotonic()
         drain.enter()
-        d = pool.call(data, op.reader(rctx), timeout, op.idempotent)
 
-        def done(result: Any) -> Any:
+        def finished(result: Any, err: BaseException | None) -> None:
             info["backend_ms"] = round((monotonic() - t0) * 1000, 3)
             drain.leave()
-            return result
+            done(result, err)
 
-        return d.addBoth(done)
+        if line_pool is not None:
+            return line_pool.call_cb(data, reader(rctx), timeout, idempotent, finished).cancel
+        d = pool.call(data, reader(rctx), timeout, idempotent)
+        d.addCallbacks(lambda r: finished(r, None), lambda f: finished(None, f.value))
+        return d.cancel
 
-    return invoke
+    return CallbackInvoke(start)

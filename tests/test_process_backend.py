@@ -844,3 +844,17 @@ def test_per_call_children_spawned_from_the_grpc_front_do_not_abort(sidecars: An
         results = list(pool.map(one, range(150)))
     channel.close()
     assert [r for r in results if r != "OK"] == []
+
+
+def test_check_refuses_a_program_that_is_not_executable(tmp_path: Path) -> None:
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\necho hi\n")  # exists, but no execute bit
+    cfg = {"protos": [], "mappings": [],
+           "backends": {"tool": {"process": {"command": [str(script)], "framing": {"delimiter": "\n"}}}}}
+    path = tmp_path / "adaptercar.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "adaptercar.cli", "check", "-c", str(path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 1
+    assert f"backends.tool.process.command[0]: program '{script}' is not an executable file" in r.stderr
+    assert "Traceback" not in r.stderr
