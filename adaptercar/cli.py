@@ -1,4 +1,4 @@
-"""`adaptercar run | check | demo`."""
+"""`adaptercar run | check | demo | import-wsdl`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,26 @@ def _check(args: argparse.Namespace) -> int:
     if errors:
         print(f"{len(errors)} problem(s) found in {args.config}", file=sys.stderr)
         return 1
-    print(f"{args.config}: OK ({len(loaded.ops)} methods mapped, {len(loaded.specs)} backends)")
+    backends = len(loaded.specs) + len(loaded.soap)
+    print(f"{args.config}: OK ({len(loaded.ops)} methods mapped, {backends} backends)")
+    return 0
+
+
+def _import_wsdl(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .wsdl_import import ImportError_, import_wsdl
+
+    try:
+        result = import_wsdl(args.wsdl, args.package, Path(args.out), args.service, args.port)
+    except ImportError_ as e:
+        print(f"adaptercar: import-wsdl: {e}", file=sys.stderr)
+        return 1
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for f in result.files:
+        print(f"wrote {f}")
+    print(f"next: adaptercar check -c {Path(args.out) / 'adaptercar.yaml'}")
     return 0
 
 
@@ -51,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="start the bundled ledger fixture and the sidecar on the demo config")
     d.add_argument("--check", action="store_true", help="call every demo method once and exit 0 if all answered right")
     d.set_defaults(func=_demo)
+    w = sub.add_parser("import-wsdl", help="write protos, a mapping and a config serving a WSDL")
+    w.add_argument("wsdl", help="the WSDL file")
+    w.add_argument("--package", required=True, help="proto package, e.g. crm.v1")
+    w.add_argument("--service", help="WSDL service (default: the only one)")
+    w.add_argument("--port", help="WSDL port (default: the first SOAP 1.1 port)")
+    w.add_argument("--out", required=True, help="folder to write into")
+    w.set_defaults(func=_import_wsdl)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

@@ -13,6 +13,7 @@ import time
 from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
+INFO = LEVELS["info"]
 
 
 class JsonLogger:

@@ -7,6 +7,7 @@ worker starts); gauges declare how values from several processes combine.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -68,12 +69,8 @@ class _Hist:
 
     def observe(self, v: float) -> None:
         self.sum += v
-        i = 0
-        for b in _BOUNDS:
-            if v <= b:
-                break
-            i += 1
-        self.buckets[i] += 1
+        # the first bound >= v (le semantics); past the last bound, the +Inf bucket
+        self.buckets[bisect_left(_BOUNDS, v)] += 1
 
 
 FLUSH_EVERY = 0.5
@@ -149,3 +146,21 @@ def _flush_hist(child: Any, h: _Hist) -> None:
 
 
 recorder = Recorder()
+
+
+# --- ambassador (outbound routes) -------------------------------------------------------------
+ambassador_requests_total = Counter(
+    "adaptercar_ambassador_requests_total", "Calls answered by an ambassador route.", ["route", "code"]
+)
+ambassador_retries_total = Counter(
+    "adaptercar_ambassador_retries_total", "Retries sent by an ambassador route, by reason.", ["route", "reason"]
+)
+circuit_state = Gauge(
+    "adaptercar_circuit_state",
+    "Breaker state per route endpoint: 0 closed, 1 half-open, 2 open.",
+    ["route", "endpoint"],
+    multiprocess_mode="livemax",
+)
+discovery_refreshes_total = Counter(
+    "adaptercar_discovery_refreshes_total", "Upstream discovery refreshes by outcome.", ["route", "outcome"]
+)

@@ -9,13 +9,69 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from random import getrandbits
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from ..mapping.operation import CallContext
 
 Invoke = Callable[[Any, CallContext, dict[str, Any]], "Deferred[Any]"]
+#: The outcome of a call: (message, None) or (None, the exception).
+Done = Callable[[Any, BaseException | None], None]
+#: Starts a call; `done` runs exactly once, maybe before `start` returns. Raises CallError at
+#: once for a request that cannot be sent. Returns a function that gives up on the call.
+Start = Callable[[Any, CallContext, dict[str, Any], Done], Callable[[], None]]
+
+
+def new_request_id() -> str:
+    """16 hex digits. Not a secret, just unique enough to find a call in the logs: a PRNG
+    draw, not os.urandom's syscall per request."""
+    return f"{getrandbits(64):016x}"
+
+
+class CallbackInvoke:
+    """An `Invoke` that also offers the callback form `start`, which the fronts use: a
+    Deferred chain per call cost more than the rest of the bookkeeping of a call."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: Start) -> None:
+        self.start = start
+
+    def __call__(self, request: Any, ctx: CallContext, info: dict[str, Any]) -> Deferred[Any]:
+        cancel: list[Callable[[], None]] = []
+        d: Deferred[Any] = Deferred(lambda _: cancel[0]() if cancel else None)
+
+        def done(result: Any, err: BaseException | None) -> None:
+            if d.called:
+                return
+            if err is None:
+                d.callback(result)
+            else:
+                d.errback(Failure(err))
+
+        cancel.append(self.start(request, ctx, info, done))
+        return d
+
+
+def start_from_invoke(invoke: Invoke) -> Start:
+    """The callback form of a Deferred-returning `Invoke` (backends without one of their own)."""
+    fast = getattr(invoke, "start", None)
+    if fast is not None:
+        return fast  # type: ignore[no-any-return]
+
+    def start(request: Any, ctx: CallContext, info: dict[str, Any], done: Done) -> Callable[[], None]:
+        d = invoke(request, ctx, info)
+
+        def failed(f: Failure) -> None:
+            done(None, f.value)
+
+        d.addCallbacks(lambda r: done(r, None), failed)
+        return d.cancel
+
+    return start
 
 
 @dataclass
@@ -28,6 +84,21 @@ class MethodEntry:
     invoke: Invoke
     descriptor: Any = None  # MethodDescriptor
     auth: str = "none"
+    start: Start = field(init=False, repr=False, compare=False)
+    _codec: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.start = start_from_invoke(self.invoke)
+
+    @property
+    def json_codec(self) -> Any:
+        """The method's compiled proto3-JSON codec, built on first use (JSON worker only)."""
+        codec = self._codec
+        if codec is None:
+            from .json_codec import MessageCodec
+
+            codec = self._codec = MessageCodec(self.input_class, self.output_class)
+        return codec
 
     @property
     def path(self) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -21,10 +20,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from .. import metrics
-from ..logs import log
+from ..logs import INFO, log
 from ..mapping.errors import CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry
+from .calls import CurrentSet, MethodEntry, new_request_id
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _DEADLINE_SLACK = 0.1  # seconds: a cancellation this close to the deadline is the deadline
@@ -39,28 +38,84 @@ def _meta(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k.lower(): v for k, v in md if isinstance(v, str)}
 
 
+class GrpcMeta(Mapping[str, str]):
+    """Call metadata as `_meta` would build it (lower-case keys, the last value of a repeated
+    key, text values only), built only when a template or a backend reads it."""
+
+    __slots__ = ("_md", "_dict")
+
+    def __init__(self, md: Any) -> None:
+        self._md = md or ()
+        self._dict: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        d = self._dict
+        if d is None:
+            d = self._dict = {k.lower(): v for k, v in self._md if isinstance(v, str)}
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._get().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
+def _request_id(md: Any) -> str:
+    """`x-request-id` as `_meta(...)["x-request-id"]` would give it, without the dict."""
+    rid = ""
+    for k, v in md or ():
+        if isinstance(v, str) and k.lower() == "x-request-id":
+            rid = v
+    return rid or new_request_id()
+
+
 def build_handler(
     entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
 ) -> grpc.RpcMethodHandler:
     service, method = entry.service, entry.method
-    record = metrics.recorder.request
+    start = entry.start
+    monotonic = time.monotonic
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        t0 = time.monotonic()
-        meta = _meta(context)
-        rid = meta.get("x-request-id") or os.urandom(8).hex()
+        t0 = monotonic()
+        md = context.invocation_metadata()
+        rid = _request_id(md)
         remaining = context.time_remaining()
         deadline = t0 + remaining if remaining is not None else None
-        ctx = CallContext(meta=meta, deadline=deadline, request_id=rid)
+        ctx = CallContext(meta=GrpcMeta(md), deadline=deadline, request_id=rid)
         code = Code.OK
         message = ""
         attempts_info: dict[str, Any] = {}
+        # The backend's outcome resolves a plain asyncio future: no Deferred, no asFuture.
+        fut = loop_getter().create_future()
+
+        def done(result: Any, err: BaseException | None) -> None:
+            if fut.done():
+                return  # the handler was cancelled
+            if err is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(err)
+
+        cancel: Callable[[], None] | None = None
         try:
-            d = entry.invoke(request, ctx, attempts_info)
-            return await d.asFuture(loop_getter())
+            cancel = start(request, ctx, attempts_info, done)
+            return await fut
         except CallError as e:
             code, message = e.code, e.message
         except asyncio.CancelledError:
+            if cancel is not None:
+                cancel()
             # grpc cancels the handler when the deadline passes, often a hair before the
             # backend's own timer fires: the access log must still say DEADLINE_EXCEEDED.
             left = context.time_remaining()
@@ -73,20 +128,21 @@ def build_handler(
             code, message = Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
             log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
         finally:
-            dur = time.monotonic() - t0
-            record("grpc", service, method, code.name, dur)
-            log.info(
-                "access",
-                front="grpc",
-                method=entry.path,
-                code=code.name,
-                request_id=rid,
-                duration_ms=round(dur * 1000, 3),
-                backend=entry.backend,
-                backend_ms=attempts_info.get("backend_ms"),
-                attempts=attempts_info.get("attempts", 1),
-                **({"error": message} if code is not Code.OK else {}),
-            )
+            dur = monotonic() - t0
+            metrics.recorder.request("grpc", service, method, code.name, dur)
+            if log.level <= INFO:
+                log.info(
+                    "access",
+                    front="grpc",
+                    method=entry.path,
+                    code=code.name,
+                    request_id=rid,
+                    duration_ms=round(dur * 1000, 3),
+                    backend=entry.backend,
+                    backend_ms=attempts_info.get("backend_ms"),
+                    attempts=attempts_info.get("attempts", 1),
+                    **({"error": message} if code is not Code.OK else {}),
+                )
         await context.abort(_status(code), message)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -112,7 +168,7 @@ async def _unimplemented(
     """Every method nobody serves: one access line like any call, then UNIMPLEMENTED.
     A stream handler, so it answers any call shape without reading the request."""
     meta = _meta(context)
-    rid = meta.get("x-request-id") or os.urandom(8).hex()
+    rid = meta.get("x-request-id") or new_request_id()
     message = f"method {path} is not served here"
     metrics.recorder.request("grpc", "", "", Code.UNIMPLEMENTED.name, None)
     log.info(

@@ -8,28 +8,29 @@ reaches a backend), invokes the method and writes JSON the way grpc-gateway v2 d
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from google.protobuf import json_format
 from twisted.internet.defer import CancelledError
-from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 from twisted.web.http import Request
 
 from .. import metrics
-from ..logs import log
+from ..logs import INFO, log
 from ..mapping.errors import HTTP_STATUS, CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry
+from .calls import CurrentSet, MethodEntry, new_request_id
 from .http_routes import Match, MethodNotAllowed, RequestError, build_request, parse_message
+from .json_codec import dumps
 
 _TIMEOUT_RE = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = b"application/json"
+_monotonic = time.monotonic
 
 
 def parse_grpc_timeout(value: str) -> float | None:
@@ -49,6 +50,42 @@ def error_body(code: Code, message: str) -> bytes:
     return json.dumps({"code": int(code), "message": message, "details": []}).encode()
 
 
+class HeaderMeta(Mapping[str, str]):
+    """A request's headers as call metadata (lower-case names, first value of each), built
+    only when a template or a backend reads it: most calls never do."""
+
+    __slots__ = ("_headers", "_dict")
+
+    def __init__(self, headers: Any) -> None:
+        self._headers = headers
+        self._dict: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        d = self._dict
+        if d is None:
+            d = self._dict = {
+                k.decode("latin-1").lower(): vs[0].decode("latin-1")
+                for k, vs in self._headers.getAllRawHeaders()
+                if vs
+            }
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._get().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 class JsonResource(resource.Resource):
     isLeaf = True
 
@@ -58,14 +95,14 @@ class JsonResource(resource.Resource):
         self.max_body_bytes = max_body_bytes
 
     def render(self, request: Request) -> Any:  # type: ignore[override]
-        t0 = time.monotonic()
+        t0 = _monotonic()
         cs = self.current.get()
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
         request.setHeader(b"content-type", _JSON)
         if method == "GET" and path == "/openapi.json":
             return cs.openapi
-        rid = (request.getHeader("x-request-id") or "") or os.urandom(8).hex()
+        rid = request.getHeader("x-request-id") or new_request_id()
         match = cs.router.match(method, path)
         if not isinstance(match, Match):
             if isinstance(match, MethodNotAllowed):
@@ -108,23 +145,24 @@ class JsonResource(resource.Resource):
         if qs:
             for k, v in parse_qsl(qs.decode("utf-8", "replace"), keep_blank_values=True):
                 query.setdefault(k, []).append(v)
+        codec = entry.json_codec
         try:
             shaped = build_request(match, query, body if body else None)
-            msg = parse_message(shaped, entry.input_class)
+            # the compiled codec takes the plain shapes; ParseDict judges everything else
+            msg = codec.decode(shaped)
+            if msg is None:
+                msg = parse_message(shaped, entry.input_class)
         except RequestError as e:
             return self._error(request, entry, t0, rid, Code.INVALID_ARGUMENT, str(e))
         except json_format.ParseError as e:
             return self._error(
                 request, entry, t0, rid, Code.INVALID_ARGUMENT, f"invalid request: {e}"
             )
-        meta = {
-            k.decode("latin-1").lower(): vs[0].decode("latin-1")
-            for k, vs in request.requestHeaders.getAllRawHeaders()
-            if vs
-        }  # type: ignore[misc]
+        headers = request.requestHeaders
         deadline = None
-        gt = meta.get("grpc-timeout")
-        if gt is not None:
+        gts = headers.getRawHeaders(b"grpc-timeout")
+        if gts:
+            gt = gts[0].decode("latin-1")
             secs = parse_grpc_timeout(gt)
             if secs is None:
                 return self._error(
@@ -136,28 +174,23 @@ class JsonResource(resource.Resource):
                     f"bad Grpc-Timeout header {gt!r} (expected e.g. 500m, 2S)",
                 )
             deadline = t0 + secs
-        ctx = CallContext(meta=meta, deadline=deadline, request_id=rid)
+        ctx = CallContext(meta=HeaderMeta(headers), deadline=deadline, request_id=rid)
         info: dict[str, Any] = {}
-        try:
-            d = entry.invoke(msg, ctx, info)
-        except CallError as e:
-            return self._error(request, entry, t0, rid, e.code, e.message)
-        except Exception as e:  # noqa: BLE001 - a bug must become a JSON INTERNAL, not HTML
-            log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
-            return self._error(
-                request, entry, t0, rid, Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
-            )
         response_field = match.route.response_field
 
-        def ok(result: Any) -> None:
-            data: Any = to_json(result)
-            if response_field is not None:
-                data = data.get(response_field.json_name)
-            payload = json.dumps(data).encode()
-            self._finish(request, entry, t0, rid, Code.OK, 200, payload, info)
-
-        def bad(f: Failure) -> None:
-            err = f.value
+        def done(result: Any, err: BaseException | None) -> None:
+            assert entry is not None
+            if err is None:
+                try:
+                    data: Any = codec.encode(result)
+                    if response_field is not None:
+                        data = data.get(response_field.json_name)
+                    payload = dumps(data)
+                except Exception as e:  # noqa: BLE001 - serialising failed: a JSON error
+                    err = e
+                else:
+                    self._finish(request, entry, t0, rid, Code.OK, 200, payload, info)
+                    return
             if isinstance(err, CallError):
                 code, message = err.code, err.message
             elif isinstance(err, CancelledError):
@@ -166,21 +199,19 @@ class JsonResource(resource.Resource):
                 code, message = Code.INTERNAL, f"internal error: {type(err).__name__}: {err}"
                 log.error("internal_error", method=entry.path, error=repr(err), request_id=rid)
             self._finish(
-                request,
-                entry,
-                t0,
-                rid,
-                code,
-                HTTP_STATUS[code],
-                error_body(code, message),
-                info,
+                request, entry, t0, rid, code, HTTP_STATUS[code], error_body(code, message), info,
                 message,
             )
 
-        # A failure inside `ok` (serialising the reply) also becomes a JSON error: an
-        # unhandled Deferred error would leave the caller waiting forever.
-        d.addCallback(ok)
-        d.addErrback(bad)
+        try:
+            entry.start(msg, ctx, info, done)
+        except CallError as e:
+            return self._error(request, entry, t0, rid, e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - a bug must become a JSON INTERNAL, not HTML
+            log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
+            return self._error(
+                request, entry, t0, rid, Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+            )
         return server.NOT_DONE_YET
 
     def _error(
@@ -213,6 +244,8 @@ class JsonResource(resource.Resource):
         if request.finished or request._disconnected:  # type: ignore[attr-defined]
             return
         request.setResponseCode(status)
+        # With a length, twisted.web sends the body as is instead of chunked (two more writes).
+        request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
 
@@ -226,9 +259,13 @@ class JsonResource(resource.Resource):
         message: str,
         request: Request,
     ) -> None:
-        dur = time.monotonic() - t0
-        service, method = (entry.service, entry.method) if entry else ("", "")
-        metrics.recorder.request("http", service, method, code.name, dur if entry is not None else None)
+        dur = _monotonic() - t0
+        if entry is not None:
+            metrics.recorder.request("http", entry.service, entry.method, code.name, dur)
+        else:
+            metrics.recorder.request("http", "", "", code.name, None)
+        if log.level > INFO:
+            return  # the usual production setting: build no access line at all
         log.info(
             "access",
             front="http",
@@ -251,6 +288,61 @@ class QuietSite(server.Site):
 
     def log(self, request: Any) -> None:
         pass
+
+
+class CheapTimeoutChannel(http.HTTPChannel):
+    """HTTP/1.1 with the same idle timeout, at a lower price per request.
+
+    twisted.web stops the idle timer when a request arrives and starts a new one when its
+    response is done: a `callLater` and a `cancel` per request (~4% of a JSON call on this
+    stack). Here a request only moves a deadline; one timer per connection wakes up when it
+    may have passed, and looks. The local address (asked for by every Request, a
+    getsockname syscall each) is read once per connection.
+    """
+
+    _idle_deadline: float | None = None
+    _idle_call: Any = None
+    _host: Any = None
+
+    def setTimeout(self, period: float | None) -> float | None:  # noqa: N802 - twisted's name
+        prev: float | None = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        if period is None:
+            self._idle_deadline = None  # a pending timer finds nothing to do
+        else:
+            self._idle_deadline = _monotonic() + period
+            if self._idle_call is None:
+                self._idle_call = self.callLater(period, self._idle_check)
+        return prev
+
+    def resetTimeout(self) -> None:  # noqa: N802 - twisted's name
+        if self._idle_deadline is not None and self.timeOut is not None:
+            self._idle_deadline = _monotonic() + self.timeOut
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        deadline = self._idle_deadline
+        if deadline is None:
+            return  # busy with a request: its end sets a new deadline and a new timer
+        left = deadline - _monotonic()
+        if left > 0:
+            self._idle_call = self.callLater(left, self._idle_check)
+            return
+        self._idle_deadline = None
+        self.timeoutConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - twisted's name
+        self._idle_deadline = None
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        super().connectionLost(reason)
+
+    def getHost(self) -> Any:  # noqa: N802 - twisted's name
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
 
 class BoundedRequest(server.Request):
@@ -280,5 +372,6 @@ def make_site(current: CurrentSet, max_body_bytes: int) -> QuietSite:
         "BoundedRequest", (BoundedRequest,), {"max_body_bytes": max_body_bytes}
     )
     site.requestFactory = bounded
+    site.protocol = CheapTimeoutChannel  # type: ignore[assignment]
     site.noisy = False
     return site

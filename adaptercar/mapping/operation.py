@@ -8,7 +8,7 @@ translation — render, frame, parse, convert — is testable without sockets an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ class RequestItem:
 class CallContext:
     """Per-call facts from the front: metadata (lower-case keys), JWT claims, deadline."""
 
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: Mapping[str, str] = field(default_factory=dict)  # a dict, or built on first read
     claims: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # absolute, time.monotonic() clock
     request_id: str = ""
@@ -60,9 +60,13 @@ class LineOperation:
     auth: str = "none"
     # Derived from framing and encoding: whether values may not hold CR or LF (see below).
     refuse_line_breaks: bool = field(default=False, init=False, repr=False, compare=False)
+    # The delimiter of a Delimited framing: its frames are checked and built inline.
+    _delimiter: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "refuse_line_breaks", line_breaks_refused(self.framing, self.encoding))
+        if isinstance(self.framing, Delimited):
+            object.__setattr__(self, "_delimiter", self.framing.delimiter)
 
     @property
     def path(self) -> str:
@@ -95,6 +99,14 @@ class LineOperation:
                     f"request value contains {bad!r}, which the backend's encoding "
                     f"{self.encoding} cannot represent",
                 ) from None
+            delim = self._delimiter
+            if delim is not None:
+                # encode_frame / encode_body for a delimiter, inline: the frame is the payload
+                # and the delimiter, and (not a body) must not hold the delimiter before its end
+                framed = payload + delim
+                if item.body or framed.find(delim) == len(payload):
+                    out.append(framed)
+                    continue
             try:
                 if item.body:
                     out.append(encode_body(self.framing, payload))
@@ -106,7 +118,7 @@ class LineOperation:
                     Code.INVALID_ARGUMENT,
                     f"request frame {quote_raw(text)} cannot be sent: {_framing_reason(e)}",
                 ) from None
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def reader(self, rctx: RenderContext) -> ReplyReader:
         return self.reply.reader(rctx)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,10 +137,15 @@ class ReplyReader:
         shown = "\n".join(self.raw)
         return _fail(Code.UNKNOWN, f"unrecognized reply from backend: {quote_raw(shown)}")
 
+    def _render(self, tpl: Template, groups: Mapping[str, str]) -> str:
+        ref = tpl.group_ref
+        if ref is not None:
+            return groups.get(ref, "")  # what the compiled `{group}` renders, without a context
+        return tpl.render(RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims))
+
     def _start_body(self, rule: Rule, groups: dict[str, str]) -> None:
         assert rule.body is not None
-        ctx = RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims)
-        text = rule.body.length.render(ctx)
+        text = self._render(rule.body.length, groups)
         try:
             n = int(text)
             if n < 0:
@@ -158,10 +163,12 @@ class ReplyReader:
         for rule in self.spec.rules:
             m = rule.pattern.fullmatch(text)
             if m is not None:
+                if self.decided is not None and rule.body is None:
+                    return rule  # nothing left for this rule to do: skip building its groups
                 groups = {**self.extra, **m.groupdict(default="")} if self.extra else m.groupdict(default="")
                 if rule.body is not None:
                     self._start_body(rule, groups)
-                if rule.decides and self.decided is None:
+                if self.decided is None and rule.decides:
                     self.decided = rule
                     self.decided_groups = groups
                     self.decided_text = text
@@ -210,8 +217,14 @@ class ReplyReader:
                 frame = decoder.next_frame()
                 if frame is None:
                     return None
-                self._count(len(frame))
-                text = self._decode(frame)
+                # _count and _decode, inline: this loop runs once per frame of every reply
+                self.bytes_seen += len(frame)
+                if self.bytes_seen > spec.limits.max_reply_bytes:
+                    self._count(0)
+                try:
+                    text = frame.decode(spec.encoding)
+                except UnicodeDecodeError:
+                    text = self._decode(frame)
                 self.frames_seen += 1
                 self.raw.append(text)
                 if spec.until is None:
@@ -246,14 +259,20 @@ class ReplyReader:
         if rule is None and end and spec.each is None and spec.rules and self.unmatched:
             raise self._unknown()
         if rule is not None and rule.error is not None:
-            code, tpl = rule.error
-            ctx = RenderContext(self.ctx.request, self.decided_groups, self.ctx.meta, self.ctx.claims)
-            message = tpl.render(ctx) if tpl is not None else self.decided_text
+            code, etpl = rule.error
+            message = self._render(etpl, self.decided_groups) if etpl is not None else self.decided_text
             raise CallError(code, message, reusable=True)
         msg = spec.output_class()
         if rule is not None:
-            ctx = RenderContext(self.ctx.request, self.decided_groups, self.ctx.meta, self.ctx.claims)
+            groups = self.decided_groups
+            ctx: RenderContext | None = None
             for tpl, setter in rule.fields:
+                ref = tpl.group_ref
+                if ref is not None:
+                    setter.apply(msg, groups.get(ref, ""))
+                    continue
+                if ctx is None:
+                    ctx = RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims)
                 setter.apply(msg, tpl.render(ctx))
         for setter, text in self.bodies:
             setter.apply(msg, text)

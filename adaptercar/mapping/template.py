@@ -107,6 +107,9 @@ class Template:
     parts: tuple[Part, ...]
     request_fields: frozenset[str]
     groups_used: frozenset[str]
+    #: Set when the whole template is one plain `{group}` (no filter, no spec): its text is
+    #: then `groups.get(group_ref, "")`, which reply readers use without a RenderContext.
+    group_ref: str | None = None
 
     def render(self, ctx: RenderContext) -> str:
         parts = self.parts
@@ -260,7 +263,10 @@ def _byte_length(text: str, encoding: str) -> int:
         return len(text.encode(encoding, "replace"))
 
 
-def _wrap(getter: Getter, filt: str | None, spec: str | None, encoding: str, source: str) -> Getter:
+def _wrap(
+    getter: Getter, filt: str | None, spec: str | None, encoding: str, source: str,
+    always_text: bool = False,
+) -> Getter:
     if filt == "len":
 
         def g_len(ctx: RenderContext) -> Any:
@@ -289,12 +295,15 @@ def _wrap(getter: Getter, filt: str | None, spec: str | None, encoding: str, sou
                 ) from None
 
         return g_spec
+    if filt is None and always_text:
+        return getter  # _render_scalar would hand its text back unchanged
     return lambda ctx: _render_scalar(inner(ctx))
 
 
 def compile_template(text: str, scope: Scope) -> Template:
     """Compile once at config load; raises TemplateError with a message users can act on."""
     parts: list[Part] = []
+    plain_group: str | None = None  # the group of the last placeholder, if plain
     used_fields: set[str] = set()
     used_groups: set[str] = set()
     literal: list[str] = []
@@ -336,7 +345,13 @@ def compile_template(text: str, scope: Scope) -> Template:
             if literal:
                 parts.append("".join(literal))
                 literal = []
-            parts.append(_wrap(getter, filt, spec, scope.encoding, m.group(0)))
+            # request fields, claims and env give text whenever their sample is text; groups
+            # and metadata come from mappings a caller may fill with anything
+            always_text = isinstance(sample, str) and grp is None and not ref.startswith("meta.")
+            parts.append(
+                _wrap(getter, filt, spec, scope.encoding, m.group(0), always_text=always_text)
+            )
+            plain_group = grp if grp and not filt and not spec else None
             i = m.end()
         elif c == "}":
             if text.startswith("}}", i):
@@ -354,4 +369,5 @@ def compile_template(text: str, scope: Scope) -> Template:
         parts.append("".join(literal))
     if not parts:
         parts.append("")
-    return Template(text, tuple(parts), frozenset(used_fields), frozenset(used_groups))
+    only_group = plain_group if len(parts) == 1 and not isinstance(parts[0], str) else None
+    return Template(text, tuple(parts), frozenset(used_fields), frozenset(used_groups), only_group)

@@ -61,8 +61,12 @@ class AdminResource(resource.Resource):
             return metrics_text()
         if path == "/config":
             return _json(request, 200, self.model.config_view())
+        if path == "/ambassador":
+            view = getattr(self.model, "ambassador_view", None)
+            return _json(request, 200, view() if view is not None else {"routes": []})
         return _json(request, 404, {"error": f"no admin endpoint {path}",
-                                    "endpoints": ["/healthz", "/readyz", "/metrics", "/config", "POST /reload"]})
+                                    "endpoints": ["/healthz", "/readyz", "/metrics", "/config", "/ambassador",
+                                                  "POST /reload"]})
 
     def render_POST(self, request: Any) -> Any:  # noqa: N802
         if request.path != b"/reload":

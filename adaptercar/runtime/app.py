@@ -54,6 +54,7 @@ class Runtime:
         self._prepare(cs)
         self.current = CurrentSet(cs)
         self.grpc_front: Any = None
+        self.ambassador: Any = None
         self.listening = False
 
     def _prepare(self, cs: Any) -> None:
@@ -79,7 +80,8 @@ class Runtime:
         from .worker import BackendsService, FrontsThenBackends, GrpcService, HttpService
 
         top = FrontsThenBackends()
-        BackendsService(self.current).setServiceParent(top)
+        if self.serves_calls:
+            BackendsService(self.current).setServiceParent(top)
         cfg = self.loaded.config
         drain_timeout = _drain_timeout(cfg)
         if "grpc" in self.roles and cfg.grpc is not None:
@@ -92,14 +94,27 @@ class Runtime:
 
             HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
                         drain_timeout).setServiceParent(top)
+        if "ambassador" in self.roles and cfg.ambassador:
+            from ..ambassador.service import AmbassadorService
+
+            self.ambassador = AmbassadorService(cfg.ambassador, self.reactor)
+            self.ambassador.setServiceParent(top)
         return top
+
+    @property
+    def serves_calls(self) -> bool:
+        """False for the ambassador worker: it needs no backend pools to the legacy app."""
+        return self.roles != ["ambassador"]
 
     def state(self) -> dict[str, Any]:
         cs = self.current.get()
-        backends = {n: b.state() for n, b in cs.backends.items()}
-        return {"type": "state", "generation": cs.generation, "listening": self.listening,
-                "ready": self.listening and all(b["ready"] for b in backends.values()), "backends": backends,
-                "roles": self.roles}
+        backends = {n: b.state() for n, b in cs.backends.items()} if self.serves_calls else {}
+        st = {"type": "state", "generation": cs.generation, "listening": self.listening,
+              "ready": self.listening and all(b["ready"] for b in backends.values()), "backends": backends,
+              "roles": self.roles}
+        if self.ambassador is not None and not self.serves_calls:
+            st["ambassador"] = self.ambassador.view()
+        return st
 
     def reload(self) -> dict[str, Any]:
         from ..compile import build_set, load_all
@@ -112,7 +127,7 @@ class Runtime:
         cs = build_set(loaded, self.reactor, self.generation, self.drain, reuse=old.backends)
         self._prepare(cs)
         for name, b in cs.backends.items():
-            if old.backends.get(name) is not b:
+            if old.backends.get(name) is not b and self.serves_calls:
                 b.start()
         self.current.swap(cs)
         self.loaded = loaded
@@ -256,6 +271,10 @@ class _SingleModel:
 
         return redacted_view(self.rt.loaded)
 
+    def ambassador_view(self) -> dict[str, Any]:
+        amb = self.rt.ambassador
+        return amb.view() if amb is not None else {"routes": []}
+
     def reload(self) -> defer.Deferred[dict[str, Any]]:
         from .. import metrics
 
@@ -289,7 +308,7 @@ def run_single(config_path: str) -> int:
     from .admin import admin_site
     from .supervisor import install_signals
 
-    rt = Runtime(config_path, ["grpc", "http"], loop)
+    rt = Runtime(config_path, ["grpc", "http", "ambassador"], loop)
     top = rt.service_tree()
     model = _SingleModel(rt)
     for outcome in ("ok", "error"):

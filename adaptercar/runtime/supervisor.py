@@ -82,6 +82,17 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+def _listen_key(config: Any, role: str) -> Any:
+    """What, when changed by a reload, needs the role's worker restarted rather than reloaded.
+
+    Ambassador routes are rebuilt by restarting their worker: any change to them counts.
+    """
+    if role == "ambassador":
+        return [r.model_dump() for r in config.ambassador] or None
+    section = getattr(config, role)
+    return getattr(section, "listen", None) if section else None
+
+
 class Supervisor:
     def __init__(self, config_path: str, loaded: Any, reactor: Any,
                  on_start_failure: Callable[[str, str], None] | None = None) -> None:
@@ -105,6 +116,8 @@ class Supervisor:
             roles.append("grpc")
         if self.config.http is not None:
             roles.append("http")
+        if self.config.ambassador:
+            roles.append("ambassador")
         return roles
 
     def start(self) -> None:
@@ -195,6 +208,11 @@ class Supervisor:
 
         return redacted_view(self.loaded)
 
+    def ambassador_view(self) -> dict[str, Any]:
+        """The ambassador worker reports its routes with every state message."""
+        w = self.workers.get("ambassador")
+        return (w.state.get("ambassador") if w is not None else None) or {"routes": []}
+
     def reload(self) -> defer.Deferred[dict[str, Any]]:
         from twisted.internet import threads
 
@@ -216,11 +234,11 @@ class Supervisor:
                 log.error("config_reload_failed", errors=errors)
                 return {"ok": False, "errors": errors}
             old_roles = self.roles()
-            old_listen = {"grpc": getattr(self.config.grpc, "listen", None), "http": getattr(self.config.http, "listen", None)}
+            old_listen = {role: _listen_key(self.config, role) for role in ("grpc", "http", "ambassador")}
             self.loaded = new
             waits = []
             for role, w in list(self.workers.items()):
-                new_listen = getattr(getattr(new.config, role), "listen", None) if getattr(new.config, role) else None
+                new_listen = _listen_key(new.config, role)
                 if role not in self.roles() or new_listen != old_listen.get(role):
                     w.retiring = True  # listener moved or role removed: restart (or stop) it
                     w.signal("TERM")

@@ -261,7 +261,7 @@ class HttpService(service.Service):
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="adaptercar-worker")
-    p.add_argument("--role", required=True, choices=["grpc", "http"])
+    p.add_argument("--role", required=True, choices=["grpc", "http", "ambassador"])
     p.add_argument("-c", "--config", required=True)
     return p.parse_args(argv)
 

@@ -1,0 +1,306 @@
+"""The HTTP/1.1 reverse proxy of an `http` route: one caller request, up to `attempts` tries.
+
+The caller's body is kept by twisted.web (in a temporary file past 100 kB, so memory stays
+bounded) and replayed from the start on each try; the chosen upstream response is streamed
+back as it arrives. Only the final response reaches the caller: a retried response's body is
+drained so its keep-alive connection goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, cast
+
+from twisted.internet import defer, error, protocol, task
+from twisted.python.failure import Failure
+from twisted.web import client, http, resource, server
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from .. import metrics
+from .policy import BREAKER_STATUSES, CONNECT_FAILURE, RESET, TIMEOUT_STATUS, retry_after
+from .route import Route
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+})
+"""RFC 9110 §7.6.1, plus the legacy names; headers listed in `Connection` are dropped too."""
+_NOT_FORWARDED = HOP_BY_HOP | {b"content-length"}  # the body producer sets the length
+_CONNECT_ERRORS = (error.ConnectError, error.TimeoutError, error.DNSLookupError)
+_RESET_ERRORS = (client.ResponseNeverReceived, client.RequestTransmissionFailed,
+                 client.ResponseFailed, error.ConnectionLost)
+
+
+@dataclass
+class Outcome:
+    """One try's result: `key` is what `retry.on` and the breaker look at."""
+
+    key: str | int
+    response: IResponse | None = None
+    endpoint: str = ""
+
+    @property
+    def breaker_failure(self) -> bool:
+        return self.key in (CONNECT_FAILURE, RESET) or self.key in BREAKER_STATUSES
+
+
+def _headers_out(raw: Any, drop_extra: frozenset[bytes] = frozenset()) -> Headers:
+    connection = [t.strip().lower() for v in raw.getRawHeaders(b"connection", [])
+                  for t in v.split(b",")]
+    drop = _NOT_FORWARDED | drop_extra | frozenset(connection)
+    out = Headers()
+    for name, values in raw.getAllRawHeaders():
+        if name.lower() not in drop:
+            out.setRawHeaders(name, values)
+    return out
+
+
+class _Relay(protocol.Protocol):
+    """Streams an upstream body to the caller; a slow caller pauses the upstream read."""
+
+    def __init__(self, request: server.Request, done: defer.Deferred[None]) -> None:
+        self.request = request
+        self.done = done
+        self.streaming = False
+
+    def connectionMade(self) -> None:  # noqa: N802
+        if self.transport is not None and not self.request.finished and not self.request._disconnected:
+            self.request.registerProducer(self.transport, True)
+            self.streaming = True
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if not self.request.finished and not self.request._disconnected:
+            self.request.write(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        if self.streaming:
+            self.streaming = False
+            self.request.unregisterProducer()
+        if not self.request.finished and not self.request._disconnected:
+            if reason.check(client.ResponseDone, http.PotentialDataLoss):
+                self.request.finish()
+            else:  # the upstream broke mid-body: the caller must not take it as complete
+                self.request.loseConnection()
+        self.done.callback(None)
+
+
+class ProxyResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, route: Route, agent: client.Agent) -> None:
+        super().__init__()
+        self.route = route
+        self.agent = agent
+
+    def render(self, request: server.Request) -> Any:
+        state = _CallState()
+        call = defer.ensureDeferred(self._call(request, state))
+
+        def expire() -> None:
+            state.expired = True
+            call.cancel()
+
+        timer = state.timer = self.route.reactor.callLater(self.route.timeout, expire)
+        call.addBoth(_stop_timer, timer)
+        call.addErrback(self._failed, request, state)
+
+        def left(_f: Failure) -> None:
+            state.left = True
+            call.cancel()
+
+        request.notifyFinish().addErrback(left)
+        return server.NOT_DONE_YET
+
+    # --- the decision loop --------------------------------------------------------------------
+
+    async def _call(self, request: server.Request, state: _CallState) -> None:
+        route, reactor = self.route, self.route.reactor
+        method = request.method.decode("ascii", "replace")
+        start = reactor.seconds()
+        deadline = start + route.timeout
+        route.budget.request(start)
+        headers = _headers_out(request.requestHeaders)
+        if not headers.hasHeader(b"x-request-id"):
+            headers.setRawHeaders(b"x-request-id", [uuid.uuid4().hex.encode()])
+        has_body = (request.requestHeaders.hasHeader(b"content-length")
+                    or request.requestHeaders.hasHeader(b"transfer-encoding"))
+        path = request.uri
+        if not path.startswith(b"/"):  # absolute-form (the caller treats us as a forward proxy)
+            path = b"/" + path.split(b"://", 1)[-1].partition(b"/")[2]
+        tried: set[str] = set()
+        last: Outcome | None = None
+        policy = route.policy
+        for n in range(policy.attempts):
+            ep, why = route.pick(tried)
+            if ep is None:
+                if last is not None:
+                    return await self._forward(request, last, state=state)
+                return self._fail(request, 503, why)
+            tried.add(ep.key)
+            url = f"http://{ep.host}:{ep.port}".encode() + path
+            remaining = deadline - reactor.seconds()
+            per_try = min(route.per_try or remaining, remaining)
+            state.capped = route.per_try is None or remaining <= route.per_try
+
+            async def attempt(url: bytes = url, per_try: float = per_try, key: str = ep.key) -> Outcome:
+                return await self._try(request, method, url, headers, has_body, per_try, key,
+                                       state)
+
+            out = await route.breaker(ep).run(attempt, lambda o: o.breaker_failure)
+            if out is None:  # the breaker opened between selection and the try
+                continue
+            if last is not None:
+                self._drain(last)
+            last = out
+            reason = policy.reason(method, out.key)
+            if reason is None or n == policy.attempts - 1:
+                break
+            now = reactor.seconds()
+            delay = policy.backoff(n, route.rng)
+            if out.response is not None and out.key == 503:
+                ra = retry_after(out.response.headers.getRawHeaders(b"retry-after", [None])[0], now)
+                if ra is not None:
+                    delay = max(delay, ra)
+            if now + delay >= deadline:
+                break
+            if not route.budget.try_retry(now):
+                return await self._forward(request, out, reason="budget-exhausted", state=state)
+            metrics.ambassador_retries_total.labels(route.name, reason).inc()
+            if delay > 0:
+                await task.deferLater(reactor, delay, lambda: None)
+        if last is None:  # every pick was refused by a breaker that had just opened
+            return self._fail(request, 503, "circuit-open")
+        await self._forward(request, last, state=state)
+
+    async def _try(self, request: server.Request, method: str, url: bytes, headers: Headers,
+                   has_body: bool, per_try: float, key: str, state: _CallState) -> Outcome:
+        body: Any = None
+        if has_body and request.content is not None:
+            request.content.seek(0)
+            body = client.FileBodyProducer(request.content, cooperator=_COOP)
+        d = self.agent.request(request.method, url, headers.copy(), body)
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        timer = self.route.reactor.callLater(per_try, expire)
+        try:
+            resp = await d
+        except Exception as e:
+            # Agent reports a cancelled request as ResponseNeverReceived, not CancelledError:
+            # who cancelled decides what the try counts as.
+            if state.expired or state.left:
+                raise defer.CancelledError() from e
+            if timed_out and state.capped:  # the try ran into the overall deadline
+                state.expired = True
+                raise defer.CancelledError() from e
+            if timed_out:
+                return Outcome(TIMEOUT_STATUS, endpoint=key)
+            if isinstance(e, _CONNECT_ERRORS):
+                return Outcome(CONNECT_FAILURE, endpoint=key)
+            if isinstance(e, _RESET_ERRORS):
+                return Outcome(RESET, endpoint=key)
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+        return Outcome(resp.code, resp, key)
+
+    @staticmethod
+    def _drain(out: Outcome) -> None:
+        if out.response is not None:
+            client.readBody(out.response).addErrback(lambda _f: None)
+
+    # --- answers to the caller ----------------------------------------------------------------
+
+    async def _forward(self, request: server.Request, out: Outcome, reason: str | None = None,
+                       state: _CallState | None = None) -> None:
+        if out.response is None:
+            if out.key == TIMEOUT_STATUS:
+                self._fail(request, 504, "per-try-timeout")
+            else:
+                self._fail(request, 503, reason or "upstream-unavailable")
+            return
+        resp = out.response
+        if request.finished or request._disconnected:
+            self._drain(out)
+            return
+        request.setResponseCode(resp.code, resp.phrase)
+        for name, values in _headers_out(resp.headers, frozenset({b"date", b"server"})).getAllRawHeaders():
+            request.responseHeaders.setRawHeaders(name, values)
+        length = resp.length
+        if isinstance(length, int) and request.method != b"HEAD":
+            request.responseHeaders.setRawHeaders(b"content-length", [str(length).encode()])
+        if reason:
+            request.responseHeaders.setRawHeaders(b"x-adaptercar-reason", [reason.encode()])
+        metrics.ambassador_requests_total.labels(self.route.name, str(resp.code)).inc()
+        if state is not None and state.timer is not None and state.timer.active():
+            state.timer.cancel()  # the answer has started: the deadline no longer applies
+        done: defer.Deferred[None] = defer.Deferred()
+        cast(Any, resp).deliverBody(_Relay(request, done))
+        await done
+
+    def _fail(self, request: server.Request, status: int, reason: str) -> None:
+        metrics.ambassador_requests_total.labels(self.route.name, str(status)).inc()
+        if request.finished or request._disconnected:
+            return
+        body = f"{status} {reason}: route {self.route.name}\n".encode()
+        request.setResponseCode(status)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        request.responseHeaders.setRawHeaders(b"x-adaptercar-reason", [reason.encode()])
+        request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+        request.write(body)
+        request.finish()
+
+    def _failed(self, f: Failure, request: server.Request, state: _CallState) -> None:
+        if state.expired:
+            self._fail(request, 504, "deadline")
+        elif state.left:
+            pass  # the caller went away
+        else:
+            from ..logs import log
+
+            log.error("ambassador_error", route=self.route.name, error=repr(f.value))
+            self._fail(request, 502, "internal-error")
+
+
+_COOP = task.Cooperator()
+
+
+class _CallState:
+    """Why a call was cancelled: the overall deadline (answer 504) or the caller leaving."""
+
+    __slots__ = ("capped", "expired", "left", "timer")
+
+    def __init__(self) -> None:
+        self.timer: Any = None
+        self.capped = False
+        self.expired = False
+        self.left = False
+
+
+def _stop_timer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+class _QuietSite(server.Site):
+    """Our own metrics replace twisted.web's access log, which costs a quarter of throughput."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def proxy_site(route: Route) -> server.Site:
+    pool = client.HTTPConnectionPool(route.reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    agent = client.Agent(route.reactor, connectTimeout=route.connect_timeout, pool=pool)
+    site = _QuietSite(ProxyResource(route, agent))
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,286 @@
+"""A SOAP backend: zeep builds and reads envelopes, Twisted carries them over HTTP.
+
+zeep's own transport (`requests`) blocks, so it is used only to load the WSDL, once per config
+load and before the reactor runs (or in the reload thread). Per call, zeep renders the envelope
+(`binding._create`, which also yields SOAPAction / Content-Type and applies WS-Security), the
+bytes go out on a pooled persistent `twisted.web.client.Agent` connection, and the reply is read
+with a bound on its size, parsed by the hardened reader in `mapping.soap_operation` and handed
+to zeep's operation for deserialisation. A timeout aborts the connection, so a late reply can
+never be read by the next call.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, error, protocol
+from twisted.python.failure import Failure
+
+from ..mapping.errors import CallError, Code
+from ..mapping.soap_operation import SOAP11, SOAP12, FaultInfo, read_reply
+
+SECURITY_SETTINGS = {"xml_huge_tree": False, "forbid_dtd": True, "forbid_entities": True,
+                     "forbid_external": True}
+
+
+class WsdlError(ValueError):
+    """The WSDL cannot be loaded or does not have what the config names; `key` is the
+    config key to blame (wsdl, service, port, endpoint)."""
+
+    def __init__(self, message: str, key: str = "wsdl") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class SoapSpec:
+    name: str
+    wsdl: str
+    endpoint: str | None
+    service: str | None
+    port: str | None
+    wsse: tuple[str, str, bool] | None
+    timeout: float
+    connect_timeout: float
+    pool_size: int
+    max_reply_bytes: int
+
+
+@dataclass(eq=False)
+class WsdlBinding:
+    """The loaded WSDL: zeep client + the chosen port's binding, endpoint and SOAP version."""
+
+    client: Any
+    binding: Any
+    address: str
+    soap_ns: str
+    service: str
+    port: str
+    operations: dict[str, Any] = field(default_factory=dict)
+
+
+def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
+    """Blocking (zeep reads files and URLs with `requests`): call at config load only.
+    `first_service`: with no service named, take the first instead of asking for one."""
+    import zeep
+    from zeep.exceptions import Error as ZeepError
+    from zeep.wsdl.bindings.soap import Soap12Binding, SoapBinding
+
+    wsse = None
+    if spec.wsse is not None:
+        from zeep.wsse.username import UsernameToken
+
+        wsse = UsernameToken(spec.wsse[0], spec.wsse[1], use_digest=spec.wsse[2])
+    try:
+        client = zeep.Client(spec.wsdl, wsse=wsse, settings=zeep.Settings(**SECURITY_SETTINGS))
+    except (OSError, ZeepError, ValueError) as e:
+        raise WsdlError(f"cannot load WSDL {spec.wsdl}: {' '.join(str(e).split())}") from e
+    except Exception as e:  # noqa: BLE001 - lxml/requests errors of every kind: one clear line
+        raise WsdlError(f"cannot load WSDL {spec.wsdl}: {type(e).__name__}: {e}") from e
+    services = client.wsdl.services
+    if spec.service is not None:
+        svc = services.get(spec.service)
+        if svc is None:
+            raise WsdlError(f"WSDL has no service {spec.service!r} (services: {', '.join(services)})",
+                            "service")
+    elif len(services) == 1 or (first_service and services):
+        svc = next(iter(services.values()))
+    else:
+        raise WsdlError(f"WSDL has several services ({', '.join(services)}): name one with 'service'")
+    soap_ports = {n: p for n, p in svc.ports.items() if isinstance(p.binding, SoapBinding)}
+    if spec.port is not None:
+        port = soap_ports.get(spec.port)
+        if port is None:
+            raise WsdlError(f"service {svc.name} has no SOAP port {spec.port!r} "
+                            f"(ports: {', '.join(soap_ports) or 'none'})", "port")
+    else:
+        ordered = sorted(soap_ports.values(), key=lambda p: isinstance(p.binding, Soap12Binding))
+        if not ordered:
+            raise WsdlError(f"service {svc.name} has no SOAP port", "service" if spec.service else "wsdl")
+        port = ordered[0]
+    address = spec.endpoint or port.binding_options.get("address") or ""
+    if not address.startswith(("http://", "https://")):
+        raise WsdlError(f"port {port.name} has no http(s) address; set 'endpoint'", "wsdl")
+    binding = port.binding
+    ns = SOAP12 if isinstance(binding, Soap12Binding) else SOAP11
+    return WsdlBinding(client, binding, address, ns, svc.name, port.name,
+                       dict(binding._operations))
+
+
+def reply_wrapper(op: Any) -> tuple[Any, str | None]:
+    """The reply type whose children the mapping sees, and the child's name when zeep hands
+    a lone child back unwrapped (it does so for a wrapper of one element and no attributes)."""
+    body = getattr(op.output, "body", None)
+    typ = getattr(body, "type", None)
+    elems = list(getattr(typ, "elements", ()))
+    if len(elems) == 1 and not list(getattr(typ, "attributes", ())):
+        return typ, elems[0][0]
+    return typ, None
+
+
+class _Reader(protocol.Protocol):
+    def __init__(self, limit: int, done: defer.Deferred[bytes]) -> None:
+        self.limit = limit
+        self.done = done
+        self.buf = io.BytesIO()
+        self.size = 0
+        self.over = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.over:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.over = True
+            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.done.errback(CallError(Code.INTERNAL, f"SOAP reply exceeds max_reply_bytes "
+                                                       f"({self.limit})"))
+            return
+        self.buf.write(data)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self.over or self.done.called:
+            return
+        from twisted.web.client import PotentialDataLoss, ResponseDone
+
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(self.buf.getvalue())
+        else:
+            self.done.errback(CallError(Code.UNAVAILABLE, f"SOAP reply cut short: {reason.value}"))
+
+
+_UNREACHABLE = (error.ConnectError, error.DNSLookupError, error.ConnectionLost, error.TimeoutError)
+
+
+class SoapBackend:
+    """One backend's live HTTP side; `spec` is compared on reload."""
+
+    def __init__(self, spec: SoapSpec, wsdl: WsdlBinding, reactor: Any) -> None:
+        self.spec = spec
+        self.wsdl = wsdl
+        self.reactor: Any = reactor
+        self.url = wsdl.address.encode()
+        self.pool: Any = None
+        self.agent: Any = None
+        self.in_flight = 0
+        self.failures = 0
+        self.last_error = ""
+
+    def start(self) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self.pool.maxPersistentPerHost = self.spec.pool_size
+        self.agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout, pool=self.pool)
+
+    def stop(self) -> defer.Deferred[None]:
+        if self.pool is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = self.pool.closeCachedConnections()
+        return d
+
+    @property
+    def ready(self) -> bool:
+        return True  # HTTP connects per call; an unreachable endpoint fails fast (UNAVAILABLE)
+
+    def state(self) -> dict[str, Any]:
+        return {"ready": self.ready, "endpoint": self.wsdl.address, "port": self.wsdl.port,
+                "in_flight": self.in_flight, "consecutive_failures": self.failures,
+                "last_error": self.last_error}
+
+    def envelope(self, operation: str, kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+        """zeep renders (and escapes, and validates against the schema) the request."""
+        from lxml import etree
+        from zeep.exceptions import Error as ZeepError
+
+        try:
+            env, headers = self.wsdl.binding._create(operation, (), kwargs, client=self.wsdl.client,
+                                                     options={"address": self.wsdl.address})
+        except (ZeepError, TypeError, ValueError) as e:
+            raise CallError(Code.INVALID_ARGUMENT, f"request does not fit the WSDL: {e}") from e
+        return etree.tostring(env, encoding="utf-8", xml_declaration=True), headers
+
+    def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
+             extra_headers: dict[str, str]) -> defer.Deferred[Any]:
+        """→ zeep's result, or a FaultInfo (the caller maps it with the method's rules)."""
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+
+        data, headers = self.envelope(operation, kwargs)  # may raise: nothing sent
+        hdrs = Headers({k.encode(): [v.encode()] for k, v in {**headers, **extra_headers}.items()})
+        state: dict[str, Any] = {"timed_out": False, "reader": None}
+        result: defer.Deferred[Any] = defer.Deferred()
+        req = self.agent.request(b"POST", self.url, hdrs, FileBodyProducer(io.BytesIO(data)))
+        self.in_flight += 1
+
+        def on_timeout() -> None:
+            state["timed_out"] = True
+            reader = state["reader"]
+            if reader is not None and reader.transport is not None:  # type: ignore[attr-defined]
+                reader.transport.stopProducing()  # type: ignore[attr-defined]
+            req.cancel()
+
+        timer = self.reactor.callLater(timeout, on_timeout)
+
+        def got_response(response: Any) -> defer.Deferred[tuple[int, bytes]]:
+            body: defer.Deferred[bytes] = defer.Deferred()
+            reader = _Reader(self.spec.max_reply_bytes, body)
+            state["reader"] = reader
+            response.deliverBody(reader)
+            return body.addCallback(lambda raw: (int(response.code), raw))
+
+        def parsed(status_raw: tuple[int, bytes]) -> Any:
+            status, raw = status_raw
+            envelope = read_reply(status, raw, self.wsdl.soap_ns)
+            if isinstance(envelope, FaultInfo):
+                return envelope
+            return self._deserialize(operation, envelope, raw)
+
+        def failed(f: Failure) -> Failure:
+            if state["timed_out"]:
+                return Failure(CallError(Code.DEADLINE_EXCEEDED,
+                                         f"SOAP backend {self.spec.name} did not answer in {timeout:g}s"))
+            if f.check(CallError):
+                return f
+            return Failure(CallError(Code.UNAVAILABLE, f"SOAP backend {self.spec.name} at "
+                                     f"{self.wsdl.address} unreachable: {_describe(f)}"))
+
+        def finish(value: Any) -> None:
+            self.in_flight -= 1
+            if timer.active():
+                timer.cancel()
+            if isinstance(value, Failure):
+                err = value.value
+                if isinstance(err, CallError) and err.code in (Code.UNAVAILABLE,
+                                                               Code.DEADLINE_EXCEEDED):
+                    self.failures += 1
+                    self.last_error = err.message
+                result.errback(value)
+            else:
+                self.failures = 0
+                result.callback(value)
+
+        req.addCallback(got_response).addCallback(parsed).addErrback(failed).addBoth(finish)
+        return result
+
+    def _deserialize(self, operation: str, envelope: Any, raw: bytes) -> Any:
+        from zeep.exceptions import Error as ZeepError
+
+        from ..mapping.soap_operation import snippet
+
+        try:
+            return self.wsdl.operations[operation].process_reply(envelope)
+        except (ZeepError, ValueError, TypeError, AttributeError) as e:
+            raise CallError(Code.UNKNOWN, f"SOAP reply does not fit the WSDL "
+                                          f"({' '.join(str(e).split())[:200]}): {snippet(raw)}") from e
+
+
+def _describe(f: Failure) -> str:
+    reasons = getattr(f.value, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(r) for r in reasons)
+    if f.check(*_UNREACHABLE):
+        return f.value.__class__.__name__ + (f": {f.value}" if str(f.value) else "")
+    return f"{type(f.value).__name__}: {f.value}"

@@ -1,0 +1,234 @@
+"""`adaptercar import-wsdl`: a WSDL → a proto, a mapping and a config that serve it as is.
+
+The proto mirrors the schema so that the soap backend's by-name matching needs no explicit
+maps: one rpc per operation, its request message holding the input wrapper's elements and its
+reply message the output wrapper's, nested complex types as nested messages, arrays as repeated
+fields. zeep reads the WSDL (it already resolves imports and includes); what the proto cannot
+express is reported per element, and the rest is still written.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PACKAGE = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*")
+
+
+class ImportError_(ValueError):
+    """The WSDL cannot be imported at all (a per-element limitation is a warning instead)."""
+
+
+@dataclass
+class ImportResult:
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def snake(name: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", s)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", s).strip("_").lower() or "service"
+
+
+def ident(name: str) -> str:
+    """As the WSDL spells it when that is a proto identifier, else the nearest one."""
+    if _IDENT.fullmatch(name):
+        return name
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return s if _IDENT.fullmatch(s) else "_" + s
+
+
+def pascal(name: str) -> str:
+    parts = re.split(r"[^A-Za-z0-9]+", name)
+    s = "".join(p[:1].upper() + p[1:] for p in parts if p)
+    return ident(s or "Message")
+
+
+def _scalar(typ: Any) -> str:
+    from zeep.xsd.types import builtins as b
+
+    for cls, proto in (
+        (b.Boolean, "bool"), (b.Float, "float"), (b.Double, "double"),
+        (b.Base64Binary, "bytes"),
+        (b.UnsignedInt, "uint32"), (b.UnsignedShort, "uint32"), (b.UnsignedByte, "uint32"),
+        (b.UnsignedLong, "uint64"),
+        (b.Byte, "int32"), (b.Short, "int32"), (b.Int, "int32"),
+        (b.Long, "int64"), (b.Integer, "int64"),
+    ):
+        if isinstance(typ, cls):
+            return proto
+    return "string"  # decimal, dateTime, date, enumerations and every string type: as text
+
+
+@dataclass
+class _Msg:
+    name: str
+    fields: list[str]
+
+
+class _Builder:
+    def __init__(self, warnings: list[str]) -> None:
+        self.messages: list[_Msg] = []
+        self.names: set[str] = set()
+        self.by_type: dict[int, str] = {}
+        self.warnings = warnings
+
+    def unique(self, name: str) -> str:
+        base, n = name, 2
+        while name in self.names:
+            name, n = f"{base}{n}", n + 1
+        self.names.add(name)
+        return name
+
+    def message(self, wanted: str, typ: Any, where: str, exact: bool = False) -> str:
+        key = id(typ)
+        if key in self.by_type:
+            return self.by_type[key]
+        qname = getattr(typ, "qname", None)
+        named = not exact and qname is not None and getattr(typ, "name", None)
+        name = self.unique(pascal(qname.localname) if named and qname is not None else wanted)
+        self.by_type[key] = name  # before the fields: recursive types refer to themselves
+        msg = _Msg(name, [])
+        self.messages.append(msg)
+        used: set[str] = set()
+        number = 1
+        for el_name, el in getattr(typ, "elements", ()):
+            if not isinstance(el_name, str) or not hasattr(el, "type"):
+                self.warnings.append(f"{where}: {type(el).__name__} (choice/any) is not expressed; "
+                                     f"skipped")
+                continue
+            fname = ident(el_name)
+            if fname in used:
+                self.warnings.append(f"{where}.{el_name}: name clash; skipped")
+                continue
+            used.add(fname)
+            sub = el.type
+            many = el.max_occurs == "unbounded" or (isinstance(el.max_occurs, int) and el.max_occurs > 1)
+            if getattr(sub, "elements", None):
+                ftype = self.message(pascal(f"{name}_{el_name}"), sub, f"{where}.{el_name}")
+                label = "repeated " if many else ""
+            else:
+                ftype = _scalar(sub)
+                label = "repeated " if many else ("optional " if el.min_occurs == 0 else "")
+            msg.fields.append(f"  {label}{ftype} {fname} = {number};")
+            number += 1
+        if getattr(typ, "attributes", None):
+            self.warnings.append(f"{where}: XML attributes are not expressed; skipped")
+        return name
+
+
+def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
+                port: str | None = None) -> ImportResult:
+    from .backends.soap import SoapSpec, WsdlError, load_wsdl, reply_wrapper
+
+    if not _PACKAGE.fullmatch(package):
+        raise ImportError_(f"--package {package!r} is not a proto package (like crm.v1)")
+    result = ImportResult()
+    spec = SoapSpec(name="import", wsdl=wsdl, endpoint=None, service=service, port=port, wsse=None,
+                    timeout=1.0, connect_timeout=1.0, pool_size=1, max_reply_bytes=1)
+    try:
+        bound = load_wsdl(spec, first_service=True)
+    except WsdlError as e:
+        if "no http(s) address" not in str(e):
+            raise ImportError_(str(e)) from e
+        bound = load_wsdl(SoapSpec(**{**spec.__dict__, "endpoint": "http://127.0.0.1:8080/"}),
+                          first_service=True)
+        result.warnings.append("the port has no http(s) address: set the endpoint in adaptercar.yaml")
+    name = snake(bound.service)
+    svc_name = pascal(bound.service)
+    b = _Builder(result.warnings)
+    b.names.add(svc_name)
+    rpcs, methods = [], {}
+    for opname in sorted(bound.operations):
+        op = bound.operations[opname]
+        rpc = pascal(opname)
+        in_type = getattr(getattr(op.input, "body", None), "type", None)
+        out_type, _ = reply_wrapper(op)
+        req = (b.message(f"{rpc}Request", in_type, opname, exact=True) if in_type is not None
+               else _empty(b, b.unique(f"{rpc}Request")))
+        rep = (b.message(f"{rpc}Reply", out_type, opname, exact=True) if out_type is not None
+               else _empty(b, b.unique(f"{rpc}Reply")))
+        route = f"/v1/{name.replace('_', '-')}/{rpc}"
+        rpcs.append(f"  rpc {rpc}({req}) returns ({rep}) {{\n"
+                    f"    option (google.api.http) = {{post: \"{route}\" body: \"*\"}};\n  }}")
+        methods[rpc] = {} if rpc == opname else {"operation": opname}
+    proto = ["// Generated by `adaptercar import-wsdl` from " + Path(wsdl).name + ".",
+             'syntax = "proto3";', "", f"package {package};", "",
+             'import "google/api/annotations.proto";', "", f"service {svc_name} {{",
+             *rpcs, "}", ""]
+    for m in b.messages:
+        proto += [f"message {m.name} {{", *m.fields, "}", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    wsdl_dir = out / "wsdl"
+    local = _copy_wsdl(Path(wsdl), wsdl_dir, result)
+    write = _writer(result)
+    write(out / "protos" / f"{name}.proto", "\n".join(proto))
+    mapping = {"service": f"{package}.{svc_name}", "backend": name, "methods": methods}
+    write(out / "mappings" / f"{name}.yaml",
+          "# Generated by `adaptercar import-wsdl`: fields are matched to the schema by name.\n"
+          + yaml.safe_dump(mapping, sort_keys=False))
+    env = re.sub(r"[^A-Z0-9]+", "_", name.upper()) + "_URL"
+    config = {
+        "grpc": {"listen": "127.0.0.1:${GRPC_PORT:-50051}"},
+        "http": {"listen": "127.0.0.1:${HTTP_PORT:-8080}"},
+        "admin": {"listen": "127.0.0.1:${ADMIN_PORT:-9901}"},
+        "protos": ["protos/"], "mappings": ["mappings/"],
+        "backends": {name: {"soap": {
+            "wsdl": f"wsdl/{local}", "endpoint": f"${{{env}:-{bound.address}}}",
+            "service": bound.service, "port": bound.port}}},
+    }
+    write(out / "adaptercar.yaml", "# Generated by `adaptercar import-wsdl`.\n"
+          + yaml.safe_dump(config, sort_keys=False))
+    return result
+
+
+def _empty(b: _Builder, name: str) -> str:
+    b.messages.append(_Msg(name, []))
+    return name
+
+
+def _writer(result: ImportResult) -> Any:
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        result.files.append(path)
+    return write
+
+
+def _copy_wsdl(src: Path, dest: Path, result: ImportResult) -> str:
+    """The WSDL and the files it imports or includes by relative path, layout kept."""
+    from lxml import etree
+
+    if not src.is_file():
+        raise ImportError_(f"{src}: only a local WSDL file can be copied")
+    root = src.parent.resolve()
+    todo, seen = [src.resolve()], set()
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        rel = path.relative_to(root)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        result.files.append(target)
+        for el in etree.parse(str(path), parser).iter():
+            loc = el.get("location") or el.get("schemaLocation")
+            if not loc or re.match(r"^[a-z][a-z0-9+.-]*:", loc):
+                continue  # absent or a URL: standard schemas resolve without it
+            found = (path.parent / loc).resolve()
+            if not found.is_relative_to(root) or not found.is_file():
+                result.warnings.append(f"{rel}: import {loc!r} is outside the WSDL's folder or "
+                                       f"missing; not copied")
+                continue
+            todo.append(found)
+    return str(src.resolve().relative_to(root))

@@ -1,0 +1,1 @@
+"""Controllable upstreams for ambassador tests: HTTP and TCP servers, and a DNS server."""

@@ -1,0 +1,247 @@
+"""An `http` ambassador route end to end: real sidecar process, real upstream sockets."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from legacy_fixtures.upstreams.http_upstream import HttpUpstream
+from tests.harness import free_port
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Any]:
+    made: list[HttpUpstream] = []
+
+    def make(name: str) -> HttpUpstream:
+        up = HttpUpstream(name).start()
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        up.stop()
+
+
+def route_config(static: list[str], **route: Any) -> tuple[dict[str, Any], int]:
+    port = free_port()
+    r = {"name": "pay", "listen": f"127.0.0.1:{port}", "protocol": "http",
+         "upstream": {"static": static}, "timeout": "3s",
+         "retry": {"attempts": 3, "backoff": {"base": "10ms", "max": "50ms"},
+                   "budget": {"ratio": 1.0, "min_per_second": 100}}}
+    r.update(route)
+    return {"admin": {}, "ambassador": [r]}, port
+
+
+def call(port: int, method: str = "GET", path: str = "/x", body: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_proxies_and_spreads_across_static_upstreams(sidecars: Any, upstreams: Any) -> None:
+    a, b = upstreams("a"), upstreams("b")
+    cfg, port = route_config([a.address, b.address])
+    sidecars(cfg, single_process=True)
+    seen = set()
+    for i in range(40):
+        status, headers, body = call(port, path=f"/item/{i}?q=1", headers={"X-Custom": "v",
+                                                                      "Connection": "keep-alive"})
+        assert status == 200, body
+        seen.add(body)
+    assert seen == {b"a", b"b"}
+    assert a.count() + b.count() == 40
+    got = a.received[0]
+    assert got.path.startswith("/item/") and got.path.endswith("?q=1")
+    assert got.headers["x-custom"] == "v"
+    assert got.headers["x-request-id"]  # added when absent
+    assert "keep-alive" not in got.headers  # hop-by-hop headers are not forwarded
+    status, _, _ = call(port, "POST", "/p", body=b"x" * 1000, headers={"x-request-id": "mine"})
+    assert status == 200
+    posts = [r for r in a.received + b.received if r.method == "POST"]
+    assert len(posts) == 1 and posts[0].body_len == 1000 and posts[0].headers["x-request-id"] == "mine"
+
+
+def test_503_is_retried_on_another_endpoint(sidecars: Any, upstreams: Any) -> None:
+    bad, good = upstreams("bad"), upstreams("good")
+    bad.mode = "503"
+    cfg, port = route_config([bad.address, good.address],
+                             circuit_breaker={"failures": 1000, "reset": "30s"})
+    sc = sidecars(cfg, single_process=True)
+    for _ in range(20):
+        status, _, body = call(port)
+        assert (status, body) == (200, b"good")
+    # every call that reached `bad` first was retried once on `good`, never on `bad` again
+    assert good.count() == 20 and 1 <= bad.count() < 20
+    assert sc.metric_value("adaptercar_ambassador_retries_total", route="pay", reason="503") == bad.count()
+    assert sc.metric_value("adaptercar_ambassador_requests_total", route="pay", code="200") == 20
+
+
+def test_post_reset_is_not_retried(sidecars: Any, upstreams: Any) -> None:
+    a, b = upstreams("a"), upstreams("b")
+    a.mode = b.mode = "reset"
+    cfg, port = route_config([a.address, b.address])
+    sidecars(cfg, single_process=True)
+    status, headers, body = call(port, "POST", body=b"pay 10")
+    assert status == 503 and headers["x-adaptercar-reason"] == "upstream-unavailable"
+    assert b"upstream-unavailable" in body
+    assert a.count() + b.count() == 1  # sent exactly once
+    status, _, _ = call(port, "GET")  # an idempotent method is retried elsewhere
+    assert status == 503
+    assert a.count() + b.count() == 1 + 3
+
+
+def test_all_down_says_why(sidecars: Any, upstreams: Any) -> None:
+    cfg, port = route_config([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
+    sidecars(cfg, single_process=True)
+    status, headers, body = call(port, "POST", body=b"x")
+    assert status == 503 and headers["x-adaptercar-reason"] == "upstream-unavailable"
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_budget_exhausted_returns_the_last_response(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    a.mode = "503"
+    cfg, port = route_config([a.address], retry={"attempts": 3, "budget": {"ratio": 0.2, "min_per_second": 0},
+                                                  "backoff": {"base": "1ms", "max": "1ms"}},
+                             circuit_breaker={"failures": 100000, "reset": "30s"})
+    sidecars(cfg, single_process=True)
+    reasons = []
+    for _ in range(50):
+        status, headers, body = call(port)
+        assert status == 503
+        reasons.append(headers.get("x-adaptercar-reason"))
+    assert "budget-exhausted" in reasons
+    assert a.count() <= 50 * 1.2 + 1  # the storm is bounded by the budget
+
+
+def test_per_try_and_overall_timeouts(sidecars: Any, upstreams: Any) -> None:
+    slow, fast = upstreams("slow"), upstreams("fast")
+    slow.mode, slow.delay = "slow", 2.0
+    fast.mode = "hang"
+    cfg, port = route_config([slow.address], timeout="3s", per_try_timeout="300ms",
+                             retry={"attempts": 2, "backoff": {"base": "1ms", "max": "1ms"}})
+    cfg["ambassador"].append({"name": "hang", "listen": f"127.0.0.1:{free_port()}",
+                              "upstream": {"static": [fast.address]}, "timeout": "500ms",
+                              "retry": {"attempts": 5}})
+    sidecars(cfg, single_process=True)
+    t0 = time.monotonic()
+    status, headers, _ = call(port)
+    took = time.monotonic() - t0
+    assert status == 504 and headers["x-adaptercar-reason"] == "per-try-timeout"
+    assert 0.55 <= took < 1.5  # two tries of 300 ms each
+    assert slow.count() == 2
+    hport = int(cfg["ambassador"][1]["listen"].rsplit(":", 1)[1])
+    t0 = time.monotonic()
+    status, headers, _ = call(hport)
+    took = time.monotonic() - t0
+    assert status == 504 and headers["x-adaptercar-reason"] == "deadline"
+    assert 0.45 <= took < 1.5
+
+
+def test_supervisor_runs_an_ambassador_worker(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, port = route_config([a.address])
+    sc = sidecars(cfg)
+    status, _, body = call(port, "PUT", "/r", body=b"abc")
+    assert (status, body) == (200, b"a")
+    assert a.received[-1].method == "PUT" and a.received[-1].body_len == 3
+    _, ready = sc.admin("/readyz")
+    assert set(ready["workers"]) == {"ambassador"}
+    end = time.monotonic() + 5
+    while True:  # the worker reports its routes twice a second
+        _, view = sc.admin("/ambassador")
+        if view["routes"] or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+    assert view["routes"][0]["name"] == "pay"
+    assert view["routes"][0]["endpoints"] == [
+        {"address": a.address, "priority": 0, "weight": 1, "breaker": "closed"}]
+    assert sc.metric_value("adaptercar_ambassador_requests_total", route="pay", code="200") == 1
+    assert sc.metric_value("adaptercar_circuit_state", route="pay", endpoint=a.address) == 0
+
+
+def test_retry_after_is_honoured_within_the_deadline(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    a.mode, a.retry_after = "503", "1"
+    cfg, port = route_config([a.address], timeout="3s",
+                             circuit_breaker={"failures": 1000, "reset": "30s"},
+                             retry={"attempts": 2, "backoff": {"base": "1ms", "max": "1ms"},
+                                    "budget": {"ratio": 1.0, "min_per_second": 100}})
+    sidecars(cfg, single_process=True)
+    t0 = time.monotonic()
+    status, headers, _ = call(port, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    took = time.monotonic() - t0
+    assert status == 503 and headers["retry-after"] == "1"  # the last upstream answer, as is
+    assert a.count() == 2 and took >= 0.95  # the retry waited for Retry-After
+    assert a.received[0].headers["traceparent"].startswith("00-aaaa")
+    a.retry_after = "10"  # beyond the 3 s deadline: not waited for, not retried
+    t0 = time.monotonic()
+    status, _, _ = call(port)
+    assert status == 503 and a.count() == 3 and time.monotonic() - t0 < 1.0
+
+
+def test_large_body_streams_with_bounded_memory(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, port = route_config([a.address], timeout="30s")
+    sc = sidecars(cfg, single_process=True)
+
+    def hwm_kib() -> int:
+        status = open(f"/proc/{sc.proc.pid}/status").read()
+        return int(status.split("VmHWM:")[1].split()[0])
+
+    before = hwm_kib()
+    body = b"z" * (50 * 1024 * 1024)
+    status, _, reply = call(port, "POST", "/upload", body=body, timeout=60)
+    assert (status, reply) == (200, b"a")
+    assert a.received[-1].body_len == len(body)
+    grew = hwm_kib() - before
+    assert grew < 30 * 1024, f"peak RSS grew {grew} KiB"  # the 50 MB body was never held whole
+
+
+def test_circuit_open_is_said(sidecars: Any) -> None:
+    cfg, port = route_config([f"127.0.0.1:{free_port()}"],
+                             circuit_breaker={"failures": 2, "reset": "30s"})
+    sc = sidecars(cfg, single_process=True)
+    status, headers, _ = call(port)  # two connect failures open the breaker
+    assert status == 503 and headers["x-adaptercar-reason"] == "upstream-unavailable"
+    status, headers, body = call(port)
+    assert status == 503 and headers["x-adaptercar-reason"] == "circuit-open"
+    assert body.startswith(b"503 circuit-open")
+    _, view = sc.admin("/ambassador")
+    assert view["routes"][0]["endpoints"][0]["breaker"] == "open"
+
+
+def test_large_response_to_a_slow_caller(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    a.mode, a.delay = "big", 64.0
+    cfg, port = route_config([a.address], timeout="1s")  # bounds the wait for the answer, not its body
+    sc = sidecars(cfg, single_process=True)
+
+    def rss_kib() -> int:
+        status = open(f"/proc/{sc.proc.pid}/status").read()
+        return int(status.split("VmRSS:")[1].split()[0])
+
+    before = rss_kib()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "http://ignored.example/big")  # absolute-form is accepted too
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-length") == str(64 << 20)
+    got = len(resp.read(1 << 20))
+    time.sleep(1.5)  # the caller stalls past `timeout`; the proxy must not buffer the rest
+    grew = rss_kib() - before
+    while chunk := resp.read(1 << 20):
+        got += len(chunk)
+    conn.close()
+    assert got == 64 << 20
+    assert a.received[-1].path == "/big"
+    assert grew < 32 * 1024, f"RSS grew {grew} KiB while the caller stalled"  # 64 MiB without

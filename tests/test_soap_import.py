@@ -1,0 +1,137 @@
+"""`adaptercar import-wsdl`: the generated files pass `check`, and for crm answer real calls."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from adaptercar.compile import load_all
+from adaptercar.protos import compile_protos
+from tests.harness import ROOT, env_with_root
+from tests.test_soap_fixture import Crm, start_crm
+
+CRM_WSDL = ROOT / "legacy_fixtures" / "crm" / "crm.wsdl"
+ORDERS_WSDL = ROOT / "tests" / "wsdl" / "orders" / "orders.wsdl"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "adaptercar.cli", *args], capture_output=True,
+                          text=True, env=env_with_root(), cwd=ROOT, timeout=60)
+
+
+def imported(wsdl: Path, out: Path, *extra: str, package: str = "crm.v1") -> Path:
+    res = cli("import-wsdl", str(wsdl), "--package", package, "--out", str(out), *extra)
+    assert res.returncode == 0, res.stderr
+    return out / "adaptercar.yaml"
+
+
+def errors_of(config: Path) -> list[str]:
+    return [p.format() for p in load_all(config, environ={}).errors]
+
+
+@pytest.fixture(scope="module")
+def crm() -> Iterator[Crm]:
+    fx = start_crm()
+    yield fx
+    fx.stop()
+
+
+def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars: Any) -> None:
+    config = imported(CRM_WSDL, tmp_path / "out")
+    assert (tmp_path / "out" / "wsdl" / "crm.wsdl").read_bytes() == CRM_WSDL.read_bytes()
+    assert errors_of(config) == []
+    res = cli("check", "-c", str(config))
+    assert res.returncode == 0 and "3 methods mapped" in res.stdout, res.stderr
+    cfg = yaml.safe_load(config.read_text())
+    for role in ("grpc", "http", "admin"):
+        cfg[role] = {}  # the harness picks free ports
+    base = tmp_path / "out"
+    cfg["protos"] = [str(base / "protos")]
+    cfg["mappings"] = [str(base / "mappings")]
+    soap = cfg["backends"]["customer_service"]["soap"]
+    assert soap["endpoint"] == "${CUSTOMER_SERVICE_URL:-http://127.0.0.1:8081/crm}"
+    soap["wsdl"] = str(base / soap["wsdl"])
+    sc = sidecars(cfg, single_process=True, env={"CUSTOMER_SERVICE_URL": crm.url})
+    ps = compile_protos([base / "protos"])
+    md = ps.services()["crm.v1.CustomerService"].methods_by_name["GetCustomerById"]
+    req_cls: Any = ps.message_class(md.input_type)
+    resp_cls: Any = ps.message_class(md.output_type)
+    with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+        stub = ch.unary_unary("/crm.v1.CustomerService/GetCustomerById",
+                              request_serializer=req_cls.SerializeToString,
+                              response_deserializer=resp_cls.FromString)
+        got = stub(req_cls(customerId=3), timeout=10)
+        assert (got.customerId, got.fullName, got.contact.email) == (3, "Grace Hopper", "grace@example.com")
+        with pytest.raises(grpc.RpcError) as e:
+            stub(req_cls(customerId=42), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # Client fault, no rules
+    status, body, _ = sc.http("POST", "/v1/customer-service/SearchCustomers", body={"namePrefix": "Al"})
+    assert status == 200, body
+    assert [c["fullName"] for c in body["customer"]] == ["Alan Turing", "Alonzo Church"]
+    status, body, _ = sc.http("POST", "/v1/customer-service/UpdateEmail",
+                              body={"customerId": 4, "email": "church@example.com"})
+    assert status == 200 and body == {"customerId": 4, "email": "church@example.com", "updated": True}
+
+
+def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) -> None:
+    out = tmp_path / "orders"
+    config = imported(ORDERS_WSDL, out, package="shop.orders.v1")
+    assert {p.relative_to(out).as_posix() for p in (out / "wsdl").rglob("*") if p.is_file()} == {
+        "wsdl/orders.wsdl", "wsdl/schemas/types.xsd", "wsdl/schemas/common.xsd"}
+    assert errors_of(config) == []
+    proto = next((out / "protos").glob("*.proto")).read_text()
+    assert "service OrderService {" in proto  # the first of two services
+    assert "int64 order_id = 1;" in proto and "string Ship_To = 2;" in proto
+    assert "repeated Category sub_category = 2;" in proto
+    mapping = yaml.safe_load(next((out / "mappings").glob("*.yaml")).read_text())
+    assert mapping["methods"]["PlaceOrder"] == {"operation": "Place-Order"}
+    other = imported(ORDERS_WSDL, tmp_path / "audit", "--service", "OrderAudit", package="shop.v1")
+    assert errors_of(other) == []
+    assert "service OrderAudit {" in next((tmp_path / "audit" / "protos").glob("*.proto")).read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--package", "Not-A-Package"], "is not a proto package"),
+    (["--package", "x.v1", "--service", "Nope"], "no service 'Nope'"),
+    (["--package", "x.v1", "--port", "Nope"], "no SOAP port 'Nope'"),
+])
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    res = cli("import-wsdl", str(CRM_WSDL), "--out", str(tmp_path / "o"), *args)
+    assert res.returncode == 1 and needle in res.stderr and "Traceback" not in res.stderr
+    missing = cli("import-wsdl", str(tmp_path / "none.wsdl"), "--package", "x.v1", "--out", str(tmp_path))
+    assert missing.returncode == 1 and "cannot load WSDL" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_check_reports_soap_problems_where_they_are(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = imported(CRM_WSDL, out)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["backends"]["customer_service"]["soap"]["port"] = "NoSuchPort"
+    config.write_text(yaml.safe_dump(cfg))
+    errs = errors_of(config)
+    assert len(errs) == 1 and "backends.customer_service.soap.port" in errs[0], errs
+    assert "no SOAP port 'NoSuchPort'" in errs[0]
+    cfg["backends"]["customer_service"]["soap"]["port"] = "CustomerServiceSoap12"
+    config.write_text(yaml.safe_dump(cfg))
+    mapping = next((out / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    m["methods"]["UpdateEmail"] = {"operation": "UpdateMail"}
+    m["methods"]["SearchCustomers"] = {"request": {"nameprefix": "{namePrefix}"}}
+    m["methods"]["GetCustomerById"] = {"response": {"fullName": "a.b"}, "faults": [
+        {"match": {"code": "("}, "error": {"code": "NOT_FOUND"}}]}
+    mapping.write_text(yaml.safe_dump(m))
+    errs = errors_of(config)
+    text = "\n".join(errs)
+    assert "no operation 'UpdateMail'" in text
+    assert "the request has no element 'nameprefix'" in text
+    assert "methods.GetCustomerById.faults[0].match.code: regular expression" in text
+    assert "reply path 'a.b': no element 'a'" in text
+    assert len(errs) == 4, errs
