@@ -164,3 +164,30 @@ circuit_state = Gauge(
 discovery_refreshes_total = Counter(
     "adaptercar_discovery_refreshes_total", "Upstream discovery refreshes by outcome.", ["route", "outcome"]
 )
+
+
+# --- companion duties (one companion worker: its gauges keep the live maximum) ----------------
+companion_stats_up = Gauge(
+    "adaptercar_companion_stats_up",
+    "1 when the last stats poll of the backend succeeded, 0 when it failed.",
+    ["backend"],
+    multiprocess_mode="livemax",
+)
+companion_log_lines_total = Counter(
+    "adaptercar_companion_log_lines_total",
+    "Lines read from tailed legacy log files, by outcome (parsed, unparsed, cut).",
+    ["source", "outcome"],
+)
+_companion_stats_gauges: dict[str, Gauge] = {}
+
+
+def companion_stats_gauge(name: str) -> Gauge:
+    """The gauge for one stats metric name, created on first use (names come from the legacy
+    app's reply, so they are only known at run time) and kept for the process's lifetime."""
+    g = _companion_stats_gauges.get(name)
+    if g is None:
+        g = _companion_stats_gauges[name] = Gauge(
+            name, "A number reported by the legacy application's own stats command.", ["backend"],
+            multiprocess_mode="livemax",
+        )
+    return g

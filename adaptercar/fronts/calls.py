@@ -25,6 +25,17 @@ Done = Callable[[Any, BaseException | None], None]
 Start = Callable[[Any, CallContext, dict[str, Any], Done], Callable[[], None]]
 
 
+def backend_ms(info: dict[str, Any]) -> float | None:
+    """The access log's backend_ms: set by the backend, or derived from its seconds (rounding
+    a float to 3 places is slow enough to be left to the access line)."""
+    ms = info.get("backend_ms")
+    if ms is None:
+        secs = info.get("backend_s")
+        if secs is not None:
+            ms = round(secs * 1000, 3)
+    return ms
+
+
 def new_request_id() -> str:
     """16 hex digits. Not a secret, just unique enough to find a call in the logs: a PRNG
     draw, not os.urandom's syscall per request."""

@@ -23,7 +23,7 @@ from .. import metrics
 from ..logs import INFO, log
 from ..mapping.errors import CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry, new_request_id
+from .calls import CurrentSet, MethodEntry, backend_ms, new_request_id
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _DEADLINE_SLACK = 0.1  # seconds: a cancellation this close to the deadline is the deadline
@@ -89,7 +89,12 @@ def build_handler(
     async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         t0 = monotonic()
         md = context.invocation_metadata()
-        rid = _request_id(md)
+        rid = ""
+        for k, v in md or ():  # _request_id, inline
+            if isinstance(v, str) and k.lower() == "x-request-id":
+                rid = v
+        if not rid:
+            rid = new_request_id()
         remaining = context.time_remaining()
         deadline = t0 + remaining if remaining is not None else None
         ctx = CallContext(meta=GrpcMeta(md), deadline=deadline, request_id=rid)
@@ -139,7 +144,7 @@ def build_handler(
                     request_id=rid,
                     duration_ms=round(dur * 1000, 3),
                     backend=entry.backend,
-                    backend_ms=attempts_info.get("backend_ms"),
+                    backend_ms=backend_ms(attempts_info),
                     attempts=attempts_info.get("attempts", 1),
                     **({"error": message} if code is not Code.OK else {}),
                 )
@@ -167,6 +172,10 @@ async def _unimplemented(
 ) -> None:
     """Every method nobody serves: one access line like any call, then UNIMPLEMENTED.
     A stream handler, so it answers any call shape without reading the request."""
+    await _refuse(path, context)
+
+
+async def _refuse(path: str, context: grpc.aio.ServicerContext) -> None:
     meta = _meta(context)
     rid = meta.get("x-request-id") or new_request_id()
     message = f"method {path} is not served here"
@@ -184,6 +193,27 @@ async def _unimplemented(
         error=message,
     )
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+
+def registered_handler(current: CurrentSet, path: str) -> grpc.RpcMethodHandler:
+    """A method known when the server starts, registered with grpc core by name.
+
+    grpc dispatches registered methods in core, without asking the generic handlers in
+    Python for each call (measured: ~5% of a call's CPU). The handler still serves whatever
+    the current config set says at call time: it takes raw bytes and uses that set's
+    (de)serializers, so a reload that changes the messages is honoured, and one that drops
+    the method answers UNIMPLEMENTED as the generic fallback does. A request that does not
+    parse fails inside the handler exactly as it would inside grpc's own deserializer."""
+
+    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        h = current.get().grpc_handlers.get(path)
+        if h is None:
+            await _refuse(path, context)
+            raise AssertionError("context.abort() raises")
+        response = await h.unary_unary(h.request_deserializer(raw), context)
+        return h.response_serializer(response)  # type: ignore[no-any-return]
+
+    return grpc.unary_unary_rpc_method_handler(call)
 
 
 class _Fallback(grpc.GenericRpcHandler):
@@ -242,6 +272,13 @@ class GrpcFront:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for path in self.current.get().grpc_handlers:  # "/pkg.Service/Method"
+            service, _, method = path[1:].partition("/")
+            by_service.setdefault(service, {})[method] = registered_handler(self.current, path)
+        for service, handlers in by_service.items():
+            server.add_registered_method_handlers(service, handlers)
+        # methods a reload adds later, and the rest of the current set, the generic way
         server.add_generic_rpc_handlers([_Dispatch(self.current)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.reflection:

@@ -23,7 +23,7 @@ from .. import metrics
 from ..logs import INFO, log
 from ..mapping.errors import HTTP_STATUS, CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry, new_request_id
+from .calls import CurrentSet, MethodEntry, backend_ms, new_request_id
 from .http_routes import Match, MethodNotAllowed, RequestError, build_request, parse_message
 from .json_codec import dumps
 
@@ -275,7 +275,7 @@ class JsonResource(resource.Resource):
             request_id=rid,
             duration_ms=round(dur * 1000, 3),
             backend=entry.backend if entry else None,
-            backend_ms=info.get("backend_ms"),
+            backend_ms=backend_ms(info),
             attempts=info.get("attempts", 1),
             **({"error": message} if code is not Code.OK else {}),
         )

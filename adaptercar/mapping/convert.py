@@ -46,7 +46,8 @@ def _int_converter(lo: int, hi: int) -> Converter:
         s = text.strip()
         if not s:
             return 0  # a blank fixed-width column
-        if _INT_TEXT.fullmatch(s) is None:
+        # plain ASCII digits (the usual case) need no regex; anything else must fit it
+        if not (s.isascii() and s.isdigit()) and _INT_TEXT.fullmatch(s) is None:
             raise ValueError("not an integer")
         v = int(s, 10)
         if not lo <= v <= hi:

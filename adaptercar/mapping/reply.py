@@ -200,6 +200,9 @@ class ReplyReader:
     # -- the machine -----------------------------------------------------------------------
     def pump(self, decoder: Decoder) -> Any | None:
         spec = self.spec
+        until = spec.until
+        max_bytes = spec.limits.max_reply_bytes
+        encoding = spec.encoding
         try:
             while True:
                 if self.pending_body is not None:
@@ -211,7 +214,7 @@ class ReplyReader:
                     self.pending_body = None
                     assert rule.body is not None
                     self.bodies.append((rule.body.setter, self._decode(body)))
-                    if spec.until is None or self.ended:
+                    if until is None or self.ended:
                         return self._finish(end=self.ended)
                     continue
                 frame = decoder.next_frame()
@@ -219,15 +222,15 @@ class ReplyReader:
                     return None
                 # _count and _decode, inline: this loop runs once per frame of every reply
                 self.bytes_seen += len(frame)
-                if self.bytes_seen > spec.limits.max_reply_bytes:
+                if self.bytes_seen > max_bytes:
                     self._count(0)
                 try:
-                    text = frame.decode(spec.encoding)
+                    text = frame.decode(encoding)
                 except UnicodeDecodeError:
                     text = self._decode(frame)
                 self.frames_seen += 1
                 self.raw.append(text)
-                if spec.until is None:
+                if until is None:
                     single = self._match_rules(text)
                     if single is None:
                         raise self._unknown()
@@ -239,7 +242,7 @@ class ReplyReader:
                         Code.INTERNAL,
                         f"legacy reply exceeds max_frames ({spec.limits.max_frames}) without its terminator",
                     )
-                is_end = spec.until.search(text) is not None
+                is_end = until.search(text) is not None
                 if spec.each is not None and not is_end:
                     self._element(text)
                     continue

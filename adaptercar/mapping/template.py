@@ -113,9 +113,13 @@ class Template:
 
     def render(self, ctx: RenderContext) -> str:
         parts = self.parts
-        if len(parts) == 1:
+        n = len(parts)
+        if n == 1:
             p = parts[0]
             return p if isinstance(p, str) else p(ctx)
+        if n == 2:  # the usual `VERB {field}`: no list to build
+            a, b = parts
+            return (a if isinstance(a, str) else a(ctx)) + (b if isinstance(b, str) else b(ctx))
         return "".join([p if isinstance(p, str) else p(ctx) for p in parts])
 
     @property

@@ -99,12 +99,17 @@ class Runtime:
 
             self.ambassador = AmbassadorService(cfg.ambassador, self.reactor)
             self.ambassador.setServiceParent(top)
+        if "companion" in self.roles and cfg.companion is not None:
+            from ..companion.service import CompanionService
+
+            CompanionService(cfg.companion, self.loaded.specs, self.reactor).setServiceParent(top)
         return top
 
     @property
     def serves_calls(self) -> bool:
-        """False for the ambassador worker: it needs no backend pools to the legacy app."""
-        return self.roles != ["ambassador"]
+        """False for the ambassador and companion workers: they need no call pools (stats
+        polls use the companion's own small pools)."""
+        return not set(self.roles) <= {"ambassador", "companion"}
 
     def state(self) -> dict[str, Any]:
         cs = self.current.get()
@@ -308,7 +313,7 @@ def run_single(config_path: str) -> int:
     from .admin import admin_site
     from .supervisor import install_signals
 
-    rt = Runtime(config_path, ["grpc", "http", "ambassador"], loop)
+    rt = Runtime(config_path, ["grpc", "http", "ambassador", "companion"], loop)
     top = rt.service_tree()
     model = _SingleModel(rt)
     for outcome in ("ok", "error"):

@@ -89,6 +89,8 @@ def _listen_key(config: Any, role: str) -> Any:
     """
     if role == "ambassador":
         return [r.model_dump() for r in config.ambassador] or None
+    if role == "companion":  # its duties are rebuilt by restarting it, like ambassador routes
+        return config.companion.model_dump() if config.companion is not None else None
     section = getattr(config, role)
     return getattr(section, "listen", None) if section else None
 
@@ -118,6 +120,8 @@ class Supervisor:
             roles.append("http")
         if self.config.ambassador:
             roles.append("ambassador")
+        if self.config.companion is not None:
+            roles.append("companion")
         return roles
 
     def start(self) -> None:
@@ -132,6 +136,8 @@ class Supervisor:
     def spawn(self, role: str) -> None:
         proto = WorkerProcess(self, role)
         argv = [sys.executable, "-m", "adaptercar.runtime.worker", "--role", role, "-c", self.config_path]
+        if role == "companion":
+            argv = [sys.executable, "-m", "adaptercar.companion", "-c", self.config_path]
         self.reactor.spawnProcess(
             proto, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2, 3: "r"}
         )
@@ -234,7 +240,7 @@ class Supervisor:
                 log.error("config_reload_failed", errors=errors)
                 return {"ok": False, "errors": errors}
             old_roles = self.roles()
-            old_listen = {role: _listen_key(self.config, role) for role in ("grpc", "http", "ambassador")}
+            old_listen = {role: _listen_key(self.config, role) for role in ("grpc", "http", "ambassador", "companion")}
             self.loaded = new
             waits = []
             for role, w in list(self.workers.items()):

@@ -1,0 +1,1 @@
+"""Companion duties for the legacy app: its logs, its stats as metrics (see DESIGN.md)."""

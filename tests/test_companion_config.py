@@ -1,0 +1,176 @@
+"""companion.config: values folders (ConfigMap-style symlink swaps) → an atomically written
+config file, and SIGHUP to a real process exactly once per real change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from adaptercar.companion.config_render import ConfigRenderer
+
+HUP_COUNTER = """\
+import os, signal, sys, time
+count = 0
+def hup(*_):
+    global count
+    count += 1
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(count))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+signal.signal(signal.SIGHUP, hup)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+class ConfigMap:
+    """A folder laid out as kubelet mounts a ConfigMap: keys → `..data/key`, `..data` → a
+    timestamped folder; an update writes a new folder and swaps `..data` with one rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.n = 0
+
+    def set(self, values: dict[str, str]) -> None:
+        self.n += 1
+        d = self.root / f"..2026_{self.n:04d}"
+        d.mkdir()
+        for k, v in values.items():
+            (d / k).write_text(v + "\n")
+        tmp = self.root / "..data_tmp"
+        os.symlink(d.name, tmp)
+        os.replace(tmp, self.root / "..data")
+        for k in values:
+            if not (self.root / k).is_symlink():
+                os.symlink(f"..data/{k}", self.root / k)
+
+
+def _entry(tmp: Path, template: str, on_change: Any = None) -> Any:
+    (tmp / "app.conf.tpl").write_text(template)
+    return SimpleNamespace(template=tmp / "app.conf.tpl", values=(tmp / "values",), output=tmp / "app.conf",
+                           on_change=on_change)
+
+
+@pytest.fixture
+def hup_process(tmp_path: Path) -> Any:
+    counter = tmp_path / "hups"
+    proc = subprocess.Popen([sys.executable, "-c", HUP_COUNTER, str(counter)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    pidfile = tmp_path / "legacy.pid"
+    pidfile.write_text(f"{proc.pid}\n")
+
+    def hups() -> int:
+        return int(counter.read_text()) if counter.exists() else 0
+
+    yield SimpleNamespace(pidfile=pidfile, hups=hups)
+    proc.kill()
+    proc.wait()
+
+
+def _wait_hups(hups: Any, n: int) -> None:
+    end = time.monotonic() + 5
+    while hups() < n and time.monotonic() < end:
+        time.sleep(0.02)
+    time.sleep(0.2)  # and no extra one arrives
+    assert hups() == n
+
+
+def test_symlink_swaps_rewrite_atomically_and_signal_once_per_real_change(tmp_path: Path,
+                                                                         hup_process: Any) -> None:
+    cm = ConfigMap(tmp_path / "values")
+    cm.set({"port": "7000", "name": "alpha" * 200})
+    entry = _entry(tmp_path, "port={port}\nname={name}\nhome={env.HOME_X}\n",
+                   SimpleNamespace(signal=1, pidfile=hup_process.pidfile, restart=None, command=None))
+    out = tmp_path / "app.conf"
+    out.write_text("old\n")
+    os.chmod(out, 0o640)
+    r = ConfigRenderer(entry, environ={"HOME_X": "/srv"})
+    assert r.poll() is True
+    assert out.read_text() == f"port=7000\nname={'alpha' * 200}\nhome=/srv\n"
+    assert out.stat().st_mode & 0o777 == 0o640  # mode kept
+    _wait_hups(hup_process.hups, 1)
+    assert r.poll() is False  # nothing changed: no write, no signal
+    _wait_hups(hup_process.hups, 1)
+
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.add(out.read_text())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    wanted = set()
+    try:
+        for i in range(20):
+            name = ("beta" if i % 2 else "gamma") * 300
+            cm.set({"port": str(7001 + i), "name": name})
+            wanted.add(f"port={7001 + i}\nname={name}\nhome=/srv\n")
+            assert r.poll() is True
+            # signals of one kind do not queue: wait for each before the next change
+            end = time.monotonic() + 5
+            while hup_process.hups() < i + 2 and time.monotonic() < end:
+                time.sleep(0.005)
+        cm.set({"port": "7020", "name": "beta" * 300})  # the same values again: no change
+        assert r.poll() is False
+    finally:
+        stop.set()
+        t.join()
+    assert seen <= wanted | {f"port=7000\nname={'alpha' * 200}\nhome=/srv\n"}  # never a partial file
+    _wait_hups(hup_process.hups, 21)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adaptercar-")]  # no temp left
+
+
+def test_a_missing_value_or_bad_template_keeps_the_old_file(tmp_path: Path) -> None:
+    cm = ConfigMap(tmp_path / "values")
+    cm.set({"port": "7000"})
+    entry = _entry(tmp_path, "port={port}\n")
+    r = ConfigRenderer(entry, environ={})
+    assert r.poll() is True
+    (tmp_path / "app.conf.tpl").write_text("port={port}\nhost={host}\n")  # host has no value
+    assert r.poll() is False
+    assert r.last_error is not None and "host" in r.last_error
+    assert (tmp_path / "app.conf").read_text() == "port=7000\n"
+    (tmp_path / "app.conf.tpl").write_text("port={port\n")
+    assert r.poll() is False and "bad placeholder" in (r.last_error or "")
+    assert (tmp_path / "app.conf").read_text() == "port=7000\n"
+    cm.set({"port": "7000", "host": "db"})
+    (tmp_path / "app.conf.tpl").write_text("port={port}\nhost={host}\n")
+    assert r.poll() is True
+    assert (tmp_path / "app.conf").read_text() == "port=7000\nhost=db\n"
+
+
+def test_a_failing_on_change_is_retried_on_the_next_change(tmp_path: Path, hup_process: Any) -> None:
+    cm = ConfigMap(tmp_path / "values")
+    cm.set({"v": "1"})
+    missing = tmp_path / "not-yet.pid"
+    entry = _entry(tmp_path, "v={v}\n", SimpleNamespace(signal=1, pidfile=missing, restart=None, command=None))
+    r = ConfigRenderer(entry, environ={})
+    assert r.poll() is True  # written; the signal fails (no pidfile) and is only logged
+    os.replace(hup_process.pidfile, missing)
+    cm.set({"v": "2"})
+    assert r.poll() is True
+    _wait_hups(hup_process.hups, 1)
+
+
+def test_on_change_command_runs_with_argv_and_no_shell(tmp_path: Path) -> None:
+    cm = ConfigMap(tmp_path / "values")
+    cm.set({"v": "1"})
+    marker = tmp_path / "ran; echo injected"
+    entry = _entry(tmp_path, "v={v}\n", SimpleNamespace(signal=None, pidfile=None, restart=None,
+                                                        command=("touch", str(marker))))
+    done = threading.Event()
+    r = ConfigRenderer(entry, environ={}, in_thread=lambda fn, *a: (fn(*a), done.set()))
+    assert r.poll() is True
+    assert done.is_set() and marker.exists()
