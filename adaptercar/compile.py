@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Loaded:
     ops: dict[str, LineOperation | SoapOperation] = field(default_factory=dict)
     soap: dict[str, tuple[SoapSpec, WsdlBinding]] = field(default_factory=dict)
     service_backends: dict[str, set[str]] = field(default_factory=dict)
+    verifier: Any = None  # fronts.auth.Verifier when `auth:` is configured
 
     @property
     def errors(self) -> list[Problem]:
@@ -427,7 +428,7 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     return LineOperation(
         service=service, method=name, backend=backend, input_class=protoset.message_class(req),
         output_class=protoset.message_class(out), items=tuple(items), reply=reply, framing=spec.framing,
-        encoding=spec.encoding, idempotent=m.idempotent, timeout=m.timeout, auth=m.auth or "none",
+        encoding=spec.encoding, idempotent=m.idempotent, timeout=m.timeout,
     )
 
 
@@ -528,6 +529,13 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
     if cfg is None:
         return loaded
     top = _Collector(loaded.problems, res.source)
+    if cfg.auth is not None:
+        from .fronts.auth import AuthConfigError, load_verifier
+
+        try:
+            loaded.verifier = load_verifier(cfg.auth)
+        except AuthConfigError as e:
+            top.error(("auth", "jwt", "keys"), str(e))
     if cfg.protos:
         try:
             loaded.protoset = compile_protos([Path(p) for p in cfg.protos])
@@ -585,7 +593,7 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 if sop is not None:
                     if m.examples:
                         mc.note((*mpath, "examples"), "examples of SOAP methods are not run yet")
-                    loaded.ops[full] = sop
+                    loaded.ops[full] = replace(sop, auth=m.auth or mp.auth or "")
                     loaded.service_backends.setdefault(mp.service, set()).add(backend)
                 continue
             bspec = loaded.specs.get(backend)
@@ -596,7 +604,7 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 continue
             if run_examples:
                 _run_examples(mc, mpath, op, m, bspec.mode if isinstance(bspec, ProcessSpec) else None)
-            loaded.ops[full] = op
+            loaded.ops[full] = replace(op, auth=m.auth or mp.auth or "")
             loaded.service_backends.setdefault(mp.service, set()).add(backend)
     # One reading order for every problem, whichever stage found it: the config file first,
     # then the mapping files as loaded, each from top to bottom.
@@ -708,7 +716,7 @@ def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
         service=service, method=name, backend=backend, operation=opname,
         input_class=protoset.message_class(req), output_class=protoset.message_class(out),
         request=request, response=response, wrap_as=wrap_as, faults=tuple(rules),
-        idempotent=m.idempotent, timeout=m.timeout, auth=m.auth or "none",
+        idempotent=m.idempotent, timeout=m.timeout,
     )
 
 
@@ -792,13 +800,38 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
         else:
             assert not isinstance(pool, SoapBackend)
             invoke = _invoker(op, pool, drain)
+        mode = op.auth or (loaded.config.auth.default if loaded.config.auth is not None else "none")
+        if mode != "none" and loaded.verifier is not None:
+            invoke = _authenticated(invoke, loaded.verifier, mode)
         methods[path] = MethodEntry(
             service=op.service, method=op.method, input_class=op.input_class,
             output_class=op.output_class, backend=op.backend, invoke=invoke,
-            descriptor=loaded.protoset.method(op.service, op.method), auth=op.auth,
+            descriptor=loaded.protoset.method(op.service, op.method), auth=mode,
         )
     return ConfigSet(generation=generation, config=loaded.config, protoset=loaded.protoset,
                      methods=methods, backends=dict(pools), service_backends=loaded.service_backends)
+
+
+def _authenticated(invoke: Any, verifier: Any, mode: str) -> Any:
+    """Check the caller's bearer token before anything else; verified claims become
+    `{claims.*}` for templates, so a legacy field can carry the caller's identity and no
+    caller can supply it. `optional`: no token is fine, a bad one is not."""
+    from .fronts.calls import CallbackInvoke, start_from_invoke
+
+    inner = start_from_invoke(invoke)
+
+    def start(request: Any, ctx: CallContext, info: dict[str, Any], done: Any) -> Any:
+        header = ctx.meta.get("authorization")
+        if mode == "optional" and not header:
+            return inner(request, ctx, info, done)
+        try:
+            claims = verifier.verify(header)
+        except CallError as e:
+            info["auth_error"] = getattr(e, "reason", "")
+            raise
+        return inner(request, replace(ctx, claims=claims), info, done)
+
+    return CallbackInvoke(start)
 
 
 def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any:

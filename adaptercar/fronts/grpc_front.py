@@ -27,6 +27,7 @@ from .calls import CurrentSet, MethodEntry, backend_ms, new_request_id
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _DEADLINE_SLACK = 0.1  # seconds: a cancellation this close to the deadline is the deadline
+_monotonic = time.monotonic
 
 
 def _status(code: Code) -> grpc.StatusCode:
@@ -82,79 +83,115 @@ def _request_id(md: Any) -> str:
 def build_handler(
     entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
 ) -> grpc.RpcMethodHandler:
-    service, method = entry.service, entry.method
-    start = entry.start
-    monotonic = time.monotonic
-
-    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        t0 = monotonic()
-        md = context.invocation_metadata()
-        rid = ""
-        for k, v in md or ():  # _request_id, inline
-            if isinstance(v, str) and k.lower() == "x-request-id":
-                rid = v
-        if not rid:
-            rid = new_request_id()
-        remaining = context.time_remaining()
-        deadline = t0 + remaining if remaining is not None else None
-        ctx = CallContext(meta=GrpcMeta(md), deadline=deadline, request_id=rid)
-        code = Code.OK
-        message = ""
-        attempts_info: dict[str, Any] = {}
-        # The backend's outcome resolves a plain asyncio future: no Deferred, no asFuture.
-        fut = loop_getter().create_future()
-
-        def done(result: Any, err: BaseException | None) -> None:
-            if fut.done():
-                return  # the handler was cancelled
-            if err is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(err)
-
-        cancel: Callable[[], None] | None = None
-        try:
-            cancel = start(request, ctx, attempts_info, done)
-            return await fut
-        except CallError as e:
-            code, message = e.code, e.message
-        except asyncio.CancelledError:
-            if cancel is not None:
-                cancel()
-            # grpc cancels the handler when the deadline passes, often a hair before the
-            # backend's own timer fires: the access log must still say DEADLINE_EXCEEDED.
-            left = context.time_remaining()
-            if left is not None and left <= _DEADLINE_SLACK:
-                code, message = Code.DEADLINE_EXCEEDED, "deadline exceeded"
-            else:
-                code, message = Code.CANCELLED, "cancelled by the caller"
-            raise
-        except Exception as e:  # noqa: BLE001 - a bug must become INTERNAL, never a hang
-            code, message = Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
-            log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
-        finally:
-            dur = monotonic() - t0
-            metrics.recorder.request("grpc", service, method, code.name, dur)
-            if log.level <= INFO:
-                log.info(
-                    "access",
-                    front="grpc",
-                    method=entry.path,
-                    code=code.name,
-                    request_id=rid,
-                    duration_ms=round(dur * 1000, 3),
-                    backend=entry.backend,
-                    backend_ms=backend_ms(attempts_info),
-                    attempts=attempts_info.get("attempts", 1),
-                    **({"error": message} if code is not Code.OK else {}),
-                )
-        await context.abort(_status(code), message)
-
+    """The generic-path handler of one method of one config set: grpc (de)serializes."""
     return grpc.unary_unary_rpc_method_handler(
-        behavior,
+        functools.partial(_serve, entry, None, "", loop_getter),
         request_deserializer=entry.input_class.FromString,
         response_serializer=entry.output_class.SerializeToString,
     )
+
+
+def registered_handler(
+    current: CurrentSet, path: str, loop_getter: Callable[[], asyncio.AbstractEventLoop]
+) -> grpc.RpcMethodHandler:
+    """A method known when the server starts, registered with grpc core by name.
+
+    grpc dispatches registered methods in core, without asking the generic handlers in
+    Python for each call (measured: ~5% of a call's CPU). The handler still serves whatever
+    the current config set says at call time: it takes raw bytes and uses that set's
+    messages, so a reload that changes them is honoured, and one that drops the method
+    answers UNIMPLEMENTED as the generic fallback does. A request that does not parse fails
+    inside the handler exactly as it would inside grpc's own deserializer."""
+    return grpc.unary_unary_rpc_method_handler(
+        functools.partial(_serve, None, current, path, loop_getter)
+    )
+
+
+async def _serve(
+    fixed: MethodEntry | None,
+    current: CurrentSet | None,
+    path: str,
+    loop_getter: Callable[[], asyncio.AbstractEventLoop],
+    request: Any,
+    context: grpc.aio.ServicerContext,
+) -> Any:
+    """One call, from request to reply or abort. `fixed`: the entry of a generic-path
+    handler (grpc parsed the request); None: a registered path (raw bytes in and out)."""
+    t0 = _monotonic()
+    if fixed is None:
+        assert current is not None
+        found = current.get().methods.get(path)
+        if found is None:
+            await _refuse(path, context)
+            raise AssertionError("context.abort() raises")
+        entry = found
+        request = entry.input_class.FromString(request)
+    else:
+        entry = fixed
+    md = context.invocation_metadata()
+    rid = ""
+    for k, v in md or ():  # what _meta(context).get("x-request-id") gives, without the dict
+        if isinstance(v, str) and k.lower() == "x-request-id":
+            rid = v
+    if not rid:
+        rid = new_request_id()
+    remaining = context.time_remaining()
+    deadline = t0 + remaining if remaining is not None else None
+    ctx = CallContext(meta=GrpcMeta(md), deadline=deadline, request_id=rid)
+    code = Code.OK
+    message = ""
+    reply: Any = None
+    info: dict[str, Any] = {}
+    # The backend's outcome resolves a plain asyncio future: no Deferred, no asFuture.
+    fut = loop_getter().create_future()
+
+    def done(result: Any, err: BaseException | None) -> None:
+        if fut.done():
+            return  # the handler was cancelled
+        if err is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(err)
+
+    cancel: Callable[[], None] | None = None
+    try:
+        cancel = entry.start(request, ctx, info, done)
+        reply = await fut
+    except CallError as e:
+        code, message = e.code, e.message
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel()
+        # grpc cancels the handler when the deadline passes, often a hair before the
+        # backend's own timer fires: the access log must still say DEADLINE_EXCEEDED.
+        left = context.time_remaining()
+        if left is not None and left <= _DEADLINE_SLACK:
+            code, message = Code.DEADLINE_EXCEEDED, "deadline exceeded"
+        else:
+            code, message = Code.CANCELLED, "cancelled by the caller"
+        raise
+    except Exception as e:  # noqa: BLE001 - a bug must become INTERNAL, never a hang
+        code, message = Code.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+        log.error("internal_error", method=entry.path, error=repr(e), request_id=rid)
+    finally:
+        dur = _monotonic() - t0
+        metrics.recorder.request("grpc", entry.service, entry.method, code.name, dur)
+        if log.level <= INFO:
+            log.info(
+                "access",
+                front="grpc",
+                method=entry.path,
+                code=code.name,
+                request_id=rid,
+                duration_ms=round(dur * 1000, 3),
+                backend=entry.backend,
+                backend_ms=backend_ms(info),
+                attempts=info.get("attempts", 1),
+                **({"error": message} if code is not Code.OK else {}),
+            )
+    if code is Code.OK:
+        return reply if fixed is not None else entry.output_class.SerializeToString(reply)
+    await context.abort(_status(code), message)
 
 
 class _Dispatch(grpc.GenericRpcHandler):
@@ -193,27 +230,6 @@ async def _refuse(path: str, context: grpc.aio.ServicerContext) -> None:
         error=message,
     )
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-
-def registered_handler(current: CurrentSet, path: str) -> grpc.RpcMethodHandler:
-    """A method known when the server starts, registered with grpc core by name.
-
-    grpc dispatches registered methods in core, without asking the generic handlers in
-    Python for each call (measured: ~5% of a call's CPU). The handler still serves whatever
-    the current config set says at call time: it takes raw bytes and uses that set's
-    (de)serializers, so a reload that changes the messages is honoured, and one that drops
-    the method answers UNIMPLEMENTED as the generic fallback does. A request that does not
-    parse fails inside the handler exactly as it would inside grpc's own deserializer."""
-
-    async def call(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        h = current.get().grpc_handlers.get(path)
-        if h is None:
-            await _refuse(path, context)
-            raise AssertionError("context.abort() raises")
-        response = await h.unary_unary(h.request_deserializer(raw), context)
-        return h.response_serializer(response)  # type: ignore[no-any-return]
-
-    return grpc.unary_unary_rpc_method_handler(call)
 
 
 class _Fallback(grpc.GenericRpcHandler):
@@ -272,10 +288,13 @@ class GrpcFront:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
+        loop = asyncio.get_running_loop()  # the loop the worker runs, grpc's and Twisted's
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for path in self.current.get().grpc_handlers:  # "/pkg.Service/Method"
             service, _, method = path[1:].partition("/")
-            by_service.setdefault(service, {})[method] = registered_handler(self.current, path)
+            by_service.setdefault(service, {})[method] = registered_handler(
+                self.current, path, lambda: loop
+            )
         for service, handlers in by_service.items():
             server.add_registered_method_handlers(service, handlers)
         # methods a reload adds later, and the rest of the current set, the generic way

@@ -57,7 +57,7 @@ class LineOperation:
     encoding: str
     idempotent: bool = False
     timeout: float | None = None
-    auth: str = "none"
+    auth: str = ""  # required | optional | none; "" = the config's auth.default
     # Derived from framing and encoding: whether values may not hold CR or LF (see below).
     refuse_line_breaks: bool = field(default=False, init=False, repr=False, compare=False)
     # The delimiter of a Delimited framing: its frames are checked and built inline.

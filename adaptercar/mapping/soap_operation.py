@@ -597,7 +597,7 @@ class SoapOperation:
     faults: tuple[FaultRule, ...]
     idempotent: bool
     timeout: float | None
-    auth: str
+    auth: str = ""
 
     def kwargs(self, request: Any, rctx: RenderContext) -> dict[str, Any]:
         if isinstance(self.request, ExplicitRequest):
