@@ -839,15 +839,18 @@ def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any
     Offered in callback form (`start`, what the fronts use: no Deferred per call on a line
     pool) and as a Deferred-returning callable."""
     from .fronts.calls import CallbackInvoke, Done
+    from .mapping.reply import ReplyReader
 
     default_timeout = op.timeout if op.timeout is not None else pool.spec.timeout
     monotonic = time.monotonic
-    render_context, encode_request, reader = op.render_context, op.encode_request, op.reader
+    encode_request, reply_spec = op.encode_request, op.reply
     idempotent = op.idempotent
     line_pool = pool if isinstance(pool, LinePool) else None
+    no_groups: dict[str, str] = {}
 
     def start(request: Any, ctx: CallContext, info: dict[str, Any], done: Done) -> Any:
-        rctx = render_context(request, ctx)
+        # op.render_context, inline (request templates only read groups: one empty dict serves)
+        rctx = RenderContext(request, no_groups, ctx.meta, ctx.claims)
         data = encode_request(rctx)  # CallError(INVALID_ARGUMENT) before anything is sent
         timeout = default_timeout
         if ctx.deadline is not None:
@@ -864,9 +867,10 @@ def _invoker(op: LineOperation, pool: LinePool | ProcessPool, drain: Any) -> Any
             drain.leave()
             done(result, err)
 
+        reader = ReplyReader(reply_spec, rctx)  # op.reader(rctx), inline
         if line_pool is not None:
-            return line_pool.call_cb(data, reader(rctx), timeout, idempotent, finished).cancel
-        d = pool.call(data, reader(rctx), timeout, idempotent)
+            return line_pool.call_cb(data, reader, timeout, idempotent, finished).cancel
+        d = pool.call(data, reader, timeout, idempotent)
         d.addCallbacks(lambda r: finished(r, None), lambda f: finished(None, f.value))
         return d.cancel
 

@@ -139,12 +139,12 @@ def all_messages(draw: st.DrawFn, cls: Any, inner_cls: Any) -> Any:
             msg.inner.kids.add(n=draw(I64))
     for _ in range(draw(st.integers(0, 2))):
         msg.rinner.add(name=draw(TEXT))
-    for k, v in draw(st.dictionaries(TEXT, I32, max_size=2)).items():
-        msg.m[k] = v
-    for k in draw(st.lists(I64, max_size=2)):
-        msg.mi[k].name = "x"
-    for k in draw(st.lists(st.booleans(), max_size=2)):
-        msg.mb[k] = "y"
+    for key, v in draw(st.dictionaries(TEXT, I32, max_size=2)).items():
+        msg.m[key] = v
+    for n in draw(st.lists(I64, max_size=2)):
+        msg.mi[n].name = "x"
+    for flag in draw(st.lists(st.booleans(), max_size=2)):
+        msg.mb[flag] = "y"
     if draw(st.booleans()):
         msg.ts.seconds = draw(st.integers(0, 2**32))
     if draw(st.booleans()):

@@ -39,7 +39,7 @@ def backend_ms(info: dict[str, Any]) -> float | None:
 def new_request_id() -> str:
     """16 hex digits. Not a secret, just unique enough to find a call in the logs: a PRNG
     draw, not os.urandom's syscall per request."""
-    return f"{getrandbits(64):016x}"
+    return getrandbits(64).to_bytes(8, "big").hex()
 
 
 class CallbackInvoke:
@@ -131,6 +131,9 @@ class ConfigSet:
     reflection: Any = None
     router: Any = None
     openapi: bytes = b"{}"
+    # (http method, path) -> [Match, the request shaped from the path alone or None, its
+    # MethodEntry or None]: see JsonResource.render
+    route_cache: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
 
     def backend_ready(self, name: str) -> bool:
         b = self.backends.get(name)

@@ -1,9 +1,9 @@
 """The gRPC front: one generic handler serving every mapped method of the current config set.
 
-Handlers are built once per config set (`GrpcMethod`), and looked up per call by the method
-path in a dict, so a reload is a pointer swap and calls already running finish on the set they
-started with. grpc.aio runs on the asyncio loop that Twisted's asyncioreactor drives; backend
-Deferreds are awaited with `Deferred.asFuture(loop)`.
+Handlers are built once per config set (`build_handler`), and looked up per call by the
+method path in a dict, so a reload is a pointer swap and calls already running finish on the
+set they started with. grpc.aio runs on the asyncio loop that Twisted's asyncioreactor drives;
+a call's backend outcome resolves a plain asyncio future (MethodEntry.start's callback form).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
+from random import getrandbits
 from typing import Any
 
 import grpc
@@ -71,73 +72,34 @@ class GrpcMeta(Mapping[str, str]):
         return repr(self._get())
 
 
-def _request_id(md: Any) -> str:
-    """`x-request-id` as `_meta(...)["x-request-id"]` would give it, without the dict."""
-    rid = ""
-    for k, v in md or ():
-        if isinstance(v, str) and k.lower() == "x-request-id":
-            rid = v
-    return rid or new_request_id()
-
-
 def build_handler(
     entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
 ) -> grpc.RpcMethodHandler:
-    """The generic-path handler of one method of one config set: grpc (de)serializes."""
     return grpc.unary_unary_rpc_method_handler(
-        functools.partial(_serve, entry, None, "", loop_getter),
+        functools.partial(_serve, entry, loop_getter),
         request_deserializer=entry.input_class.FromString,
         response_serializer=entry.output_class.SerializeToString,
     )
 
 
-def registered_handler(
-    current: CurrentSet, path: str, loop_getter: Callable[[], asyncio.AbstractEventLoop]
-) -> grpc.RpcMethodHandler:
-    """A method known when the server starts, registered with grpc core by name.
-
-    grpc dispatches registered methods in core, without asking the generic handlers in
-    Python for each call (measured: ~5% of a call's CPU). The handler still serves whatever
-    the current config set says at call time: it takes raw bytes and uses that set's
-    messages, so a reload that changes them is honoured, and one that drops the method
-    answers UNIMPLEMENTED as the generic fallback does. A request that does not parse fails
-    inside the handler exactly as it would inside grpc's own deserializer."""
-    return grpc.unary_unary_rpc_method_handler(
-        functools.partial(_serve, None, current, path, loop_getter)
-    )
-
-
 async def _serve(
-    fixed: MethodEntry | None,
-    current: CurrentSet | None,
-    path: str,
+    entry: MethodEntry,
     loop_getter: Callable[[], asyncio.AbstractEventLoop],
     request: Any,
     context: grpc.aio.ServicerContext,
 ) -> Any:
-    """One call, from request to reply or abort. `fixed`: the entry of a generic-path
-    handler (grpc parsed the request); None: a registered path (raw bytes in and out)."""
+    """One call, from request to reply or abort (a partial: no closure per set and method)."""
     t0 = _monotonic()
-    if fixed is None:
-        assert current is not None
-        found = current.get().methods.get(path)
-        if found is None:
-            await _refuse(path, context)
-            raise AssertionError("context.abort() raises")
-        entry = found
-        request = entry.input_class.FromString(request)
-    else:
-        entry = fixed
     md = context.invocation_metadata()
     rid = ""
     for k, v in md or ():  # what _meta(context).get("x-request-id") gives, without the dict
         if isinstance(v, str) and k.lower() == "x-request-id":
             rid = v
     if not rid:
-        rid = new_request_id()
+        rid = getrandbits(64).to_bytes(8, "big").hex()  # new_request_id(), inline
     remaining = context.time_remaining()
     deadline = t0 + remaining if remaining is not None else None
-    ctx = CallContext(meta=GrpcMeta(md), deadline=deadline, request_id=rid)
+    ctx = CallContext.of(GrpcMeta(md), deadline, rid)
     code = Code.OK
     message = ""
     reply: Any = None
@@ -190,7 +152,7 @@ async def _serve(
                 **({"error": message} if code is not Code.OK else {}),
             )
     if code is Code.OK:
-        return reply if fixed is not None else entry.output_class.SerializeToString(reply)
+        return reply
     await context.abort(_status(code), message)
 
 
@@ -209,10 +171,6 @@ async def _unimplemented(
 ) -> None:
     """Every method nobody serves: one access line like any call, then UNIMPLEMENTED.
     A stream handler, so it answers any call shape without reading the request."""
-    await _refuse(path, context)
-
-
-async def _refuse(path: str, context: grpc.aio.ServicerContext) -> None:
     meta = _meta(context)
     rid = meta.get("x-request-id") or new_request_id()
     message = f"method {path} is not served here"
@@ -267,6 +225,24 @@ def reflection_servicer(service_names: list[str], pool: Any) -> ReflectionServic
     return ReflectionServicer(names, pool=pool)
 
 
+class _GenericOnly:
+    """Lets generated `add_*Servicer_to_server` functions add their generic handler only.
+
+    They also register their methods by name with grpc core, and grpc.aio's server loop then
+    waits on one pending future per registered method for every call it accepts (asyncio.wait
+    over all of them, per call): health and reflection, called rarely, made every mapped call
+    pay for four more. Served through their generic handler they answer the same."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        pass  # the generic handler added just before serves the same methods
+
+
 class GrpcFront:
     def __init__(
         self, current: CurrentSet, listen: str, max_message_bytes: int, reflection: bool
@@ -288,21 +264,12 @@ class GrpcFront:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
-        loop = asyncio.get_running_loop()  # the loop the worker runs, grpc's and Twisted's
-        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for path in self.current.get().grpc_handlers:  # "/pkg.Service/Method"
-            service, _, method = path[1:].partition("/")
-            by_service.setdefault(service, {})[method] = registered_handler(
-                self.current, path, lambda: loop
-            )
-        for service, handlers in by_service.items():
-            server.add_registered_method_handlers(service, handlers)
-        # methods a reload adds later, and the rest of the current set, the generic way
         server.add_generic_rpc_handlers([_Dispatch(self.current)])
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        target = _GenericOnly(server)  # health and reflection: no registered methods
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         if self.reflection:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                _Reflection(self.current), server
+                _Reflection(self.current), target
             )  # type: ignore[no-untyped-call]
         server.add_generic_rpc_handlers([_Fallback()])
         self.port = server.add_insecure_port(self.listen)

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from collections.abc import Iterator, Mapping
+from random import getrandbits
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,7 +24,7 @@ from .. import metrics
 from ..logs import INFO, log
 from ..mapping.errors import HTTP_STATUS, CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry, backend_ms, new_request_id
+from .calls import CurrentSet, MethodEntry, backend_ms
 from .http_routes import Match, MethodNotAllowed, RequestError, build_request, parse_message
 from .json_codec import dumps
 
@@ -31,6 +32,8 @@ _TIMEOUT_RE = re.compile(r"^(\d{1,8})([HMSmun])$")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _JSON = b"application/json"
 _monotonic = time.monotonic
+#: Routes (and path-only requests) remembered per config set; past this, the cache restarts.
+ROUTE_CACHE_SIZE = 1024
 
 
 def parse_grpc_timeout(value: str) -> float | None:
@@ -102,8 +105,21 @@ class JsonResource(resource.Resource):
         request.setHeader(b"content-type", _JSON)
         if method == "GET" and path == "/openapi.json":
             return cs.openapi
-        rid = request.getHeader("x-request-id") or new_request_id()
-        match = cs.router.match(method, path)
+        # new_request_id(), inline
+        rid = request.getHeader("x-request-id") or getrandbits(64).to_bytes(8, "big").hex()
+        # Routing a path (and shaping a request that is only its path) gives the same answer
+        # every time within a config set: hot paths are looked up, not matched again.
+        cache = cs.route_cache
+        hit = cache.get((method, path))
+        if hit is None:
+            found = cs.router.match(method, path)
+            if isinstance(found, Match):
+                if len(cache) >= ROUTE_CACHE_SIZE:
+                    cache.clear()
+                hit = cache[(method, path)] = [found, None, None]
+            match: Any = found
+        else:
+            match = hit[0]
         if not isinstance(match, Match):
             if isinstance(match, MethodNotAllowed):
                 request.setHeader(b"allow", ", ".join(match.allowed).encode())
@@ -119,7 +135,11 @@ class JsonResource(resource.Resource):
             return self._error(
                 request, None, t0, rid, Code.NOT_FOUND, f"no method is served at {method} {path}"
             )
-        entry: MethodEntry | None = cs.methods.get(match.route.grpc_path)
+        entry: MethodEntry | None = hit[2] if hit is not None else None
+        if entry is None:
+            entry = cs.methods.get(match.route.grpc_path)
+            if hit is not None:
+                hit[2] = entry
         if entry is None:
             return self._error(
                 request, None, t0, rid, Code.UNIMPLEMENTED, f"{match.route.grpc_path} is not mapped"
@@ -147,7 +167,13 @@ class JsonResource(resource.Resource):
                 query.setdefault(k, []).append(v)
         codec = entry.json_codec
         try:
-            shaped = build_request(match, query, body if body else None)
+            if query or body:
+                shaped = build_request(match, query, body if body else None)
+            else:
+                assert hit is not None
+                shaped = hit[1]
+                if shaped is None:  # read only from here on: the codec and ParseDict copy
+                    shaped = hit[1] = build_request(match, query, None)
             # the compiled codec takes the plain shapes; ParseDict judges everything else
             msg = codec.decode(shaped)
             if msg is None:
@@ -174,7 +200,7 @@ class JsonResource(resource.Resource):
                     f"bad Grpc-Timeout header {gt!r} (expected e.g. 500m, 2S)",
                 )
             deadline = t0 + secs
-        ctx = CallContext(meta=HeaderMeta(headers), deadline=deadline, request_id=rid)
+        ctx = CallContext.of(HeaderMeta(headers), deadline, rid)
         info: dict[str, Any] = {}
         response_field = match.route.response_field
 
@@ -243,7 +269,8 @@ class JsonResource(resource.Resource):
         self._account(entry, t0, rid, code, info, message, request)
         if request.finished or request._disconnected:  # type: ignore[attr-defined]
             return
-        request.setResponseCode(status)
+        if status != 200 or request.code != 200:  # 200 is where a request starts
+            request.setResponseCode(status)
         # With a length, twisted.web sends the body as is instead of chunked (two more writes).
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -134,6 +134,11 @@ class FieldSetter:
     convert: Converter
     repeated: bool
     type_name: str
+    #: Neither nested nor repeated: the value is set on the message itself.
+    plain: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", not self.parents and not self.repeated)
 
     def apply(self, msg: Any, text: str) -> None:
         try:

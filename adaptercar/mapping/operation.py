@@ -43,6 +43,14 @@ class CallContext:
     deadline: float | None = None  # absolute, time.monotonic() clock
     request_id: str = ""
 
+    @classmethod
+    def of(cls, meta: Mapping[str, str], deadline: float | None, request_id: str) -> CallContext:
+        """What the fronts build per call: `CallContext(meta=..., deadline=..., request_id=...)`
+        without the frozen dataclass's one object.__setattr__ per field."""
+        ctx = object.__new__(cls)
+        ctx.__dict__.update(meta=meta, claims={}, deadline=deadline, request_id=request_id)
+        return ctx
+
 
 @dataclass(frozen=True)
 class LineOperation:

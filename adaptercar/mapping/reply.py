@@ -12,6 +12,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from .convert import FieldSetter
@@ -86,6 +87,9 @@ class ReplySpec:
         return ReplyReader(self, ctx)
 
 
+_NO_GROUPS: Mapping[str, str] = MappingProxyType({})
+
+
 def _fail(code: Code, message: str) -> CallError:
     return CallError(code, message, reusable=False)
 
@@ -110,13 +114,14 @@ class ReplyReader:
         self.raw: deque[str] = deque(maxlen=5)
         self.pending_body: tuple[Rule, int] | None = None
         self.decided: Rule | None = None
-        self.decided_groups: dict[str, str] = {}
+        # replaced, never changed in place: these two start as one shared empty mapping
+        self.decided_groups: Mapping[str, str] = _NO_GROUPS
         self.decided_text = ""
         self.bodies: list[tuple[FieldSetter, str]] = []
         self.items: list[Any] = []
         self.unmatched = False
         self.ended = False
-        self.extra: dict[str, str] = {}  # {exit_status} and {stderr} of a process backend
+        self.extra: Mapping[str, str] = _NO_GROUPS  # {exit_status}, {stderr} of a process backend
 
     # -- helpers -------------------------------------------------------------------------
     def _count(self, n: int) -> None:
@@ -145,7 +150,9 @@ class ReplyReader:
 
     def _start_body(self, rule: Rule, groups: dict[str, str]) -> None:
         assert rule.body is not None
-        text = self._render(rule.body.length, groups)
+        length = rule.body.length
+        ref = length.group_ref
+        text = groups.get(ref, "") if ref is not None else self._render(length, groups)
         try:
             n = int(text)
             if n < 0:
@@ -210,10 +217,16 @@ class ReplyReader:
                     body = decoder.next_body(n)
                     if body is None:
                         return None
-                    self._count(len(body))
+                    self.bytes_seen += len(body)
+                    if self.bytes_seen > max_bytes:
+                        self._count(0)
+                    try:
+                        text = body.decode(encoding)
+                    except UnicodeDecodeError:
+                        text = self._decode(body)
                     self.pending_body = None
                     assert rule.body is not None
-                    self.bodies.append((rule.body.setter, self._decode(body)))
+                    self.bodies.append((rule.body.setter, text))
                     if until is None or self.ended:
                         return self._finish(end=self.ended)
                     continue
@@ -272,13 +285,20 @@ class ReplyReader:
             for tpl, setter in rule.fields:
                 ref = tpl.group_ref
                 if ref is not None:
-                    setter.apply(msg, groups.get(ref, ""))
-                    continue
-                if ctx is None:
-                    ctx = RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims)
-                setter.apply(msg, tpl.render(ctx))
+                    text = groups.get(ref, "")
+                else:
+                    if ctx is None:
+                        ctx = RenderContext(self.ctx.request, groups, self.ctx.meta, self.ctx.claims)
+                    text = tpl.render(ctx)
+                if setter.convert is str and setter.plain:
+                    setattr(msg, setter.name, text)  # FieldSetter.apply for a plain string field
+                else:
+                    setter.apply(msg, text)
         for setter, text in self.bodies:
-            setter.apply(msg, text)
+            if setter.convert is str and setter.plain:
+                setattr(msg, setter.name, text)
+            else:
+                setter.apply(msg, text)
         if spec.each is not None and self.items:
             obj = msg
             for p in spec.each.parents:
