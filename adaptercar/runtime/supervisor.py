@@ -92,7 +92,10 @@ def _listen_key(config: Any, role: str) -> Any:
     if role == "companion":  # its duties are rebuilt by restarting it, like ambassador routes
         return config.companion.model_dump() if config.companion is not None else None
     section = getattr(config, role)
-    return getattr(section, "listen", None) if section else None
+    if not section:
+        return None
+    tls = getattr(section, "tls", None)  # TLS on/off and mTLS on/off are fixed per listener
+    return section.listen, tls is not None, tls is not None and tls.client_ca is not None
 
 
 class Supervisor:
