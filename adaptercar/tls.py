@@ -54,6 +54,41 @@ class ClientMaterial:
     verify: bool
 
 
+# --- which processes load pyOpenSSL ----------------------------------------------------------
+
+OPENSSL_ENV = "ADAPTERCAR_OPENSSL"
+"""Set to "0" by the supervisor for a worker that needs no pyOpenSSL (see `forbid_openssl`)."""
+
+
+def openssl_roles(loaded: Any) -> set[str]:
+    """The worker roles that need pyOpenSSL under this (problem-free) load: the JSON front with
+    `http.tls`, the call-serving roles with an https SOAP endpoint, the ambassador with an
+    https upstream. The gRPC front's own TLS is grpc's (BoringSSL), not pyOpenSSL."""
+    cfg = loaded.config
+    roles: set[str] = set()
+    if any(wsdl.address.startswith("https://") for _, wsdl in loaded.soap.values()):
+        roles |= {"grpc", "http"}
+    if cfg.http is not None and cfg.http.tls is not None:
+        roles.add("http")
+    if any(route.upstream.tls is not None for route in cfg.ambassador):
+        roles.add("ambassador")
+    return roles
+
+
+def forbid_openssl() -> None:
+    """Make `import OpenSSL` fail in this process, as if pyOpenSSL were not installed.
+
+    Twisted imports pyOpenSSL whenever it is installed (`twisted.internet.endpoints`,
+    `twisted.web.client`), ~12 MiB per process; its TLS support is optional and it falls back
+    cleanly. The supervisor and workers that need no TLS call this first, so TLS costs memory
+    only where it is configured. A reload that changes a role's need restarts its worker.
+    """
+    import sys
+
+    if sys.modules.get("OpenSSL") is None:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+
+
 # --- loading and checking (cryptography only) ---------------------------------------------
 
 def _read(key: str, path: Path) -> bytes:

@@ -151,3 +151,57 @@ def test_a_reload_with_a_broken_key_keeps_the_old_certificate(
     assert served_subject(sc.ports["http"], certs) == before
     status, body = https(sc, certs, "/v1/accounts/1001/balance")
     assert status == 200
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in children:
+            out += _tree(int(child))
+    return out
+
+
+def _maps_openssl(pid: int) -> bool:
+    """True when the process has pyOpenSSL's libraries (cryptography's bindings) mapped."""
+    try:
+        return "cryptography" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_without_tls_no_process_loads_pyopenssl(ledger: Any, sidecars: Any) -> None:
+    """pyOpenSSL is installed (TLS support), yet costs no memory when TLS is off: Twisted
+    would import it in every process; the supervisor and workers forbid it (~12 MiB each)."""
+    sc = sidecars(demo_like_config(ledger.address))
+    assert sc.http("GET", "/v1/accounts/1001/balance")[0] == 200
+    pids = _tree(sc.proc.pid)
+    assert len(pids) >= 3  # the supervisor and its two workers
+    assert [pid for pid in pids if _maps_openssl(pid)] == []
+
+
+def test_with_tls_only_the_tls_front_worker_loads_pyopenssl(
+        ledger: Any, sidecars: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    certs = make_certs(tmp_path / "certs")
+    cfg = tls_config(ledger.address, certs)
+    del cfg["grpc"]["tls"]
+    sc = sidecars(cfg)
+    assert https(sc, certs, "/v1/accounts/1001/balance")[0] == 200
+    roles = {}
+    for pid in _tree(sc.proc.pid)[1:]:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"--role" in argv:
+            roles[argv[argv.index(b"--role") + 1].decode()] = pid
+    probe = ("import sys; sys.modules['OpenSSL'] = None; "
+             "from adaptercar.tls import forbid_openssl; forbid_openssl(); "
+             "import twisted.internet.endpoints, twisted.web.client; print('ok')")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "ok"  # Twisted works without it
+    environ = Path(f"/proc/{roles['grpc']}/environ").read_bytes().split(b"\0")
+    assert b"ADAPTERCAR_OPENSSL=0" in environ
+    environ = Path(f"/proc/{roles['http']}/environ").read_bytes().split(b"\0")
+    assert b"ADAPTERCAR_OPENSSL=1" in environ
+    assert _maps_openssl(roles["http"])

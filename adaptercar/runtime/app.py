@@ -218,6 +218,10 @@ def _run(top: service.MultiService, on_started: Any = None, signals: Any = None,
 
 
 def run_worker(role: str, config_path: str) -> int:
+    from ..tls import OPENSSL_ENV, forbid_openssl
+
+    if os.environ.get(OPENSSL_ENV) == "0":  # the supervisor knows this role needs no pyOpenSSL
+        forbid_openssl()
     loop = reactor_setup.install()
     from twisted.internet import reactor as _reactor
     from twisted.internet import task
@@ -361,6 +365,9 @@ def run_supervisor(config_path: str) -> int:
         Path(mpdir).mkdir(parents=True, exist_ok=True)
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client imported before PROMETHEUS_MULTIPROC_DIR was set")
+    from ..tls import forbid_openssl
+
+    forbid_openssl()  # the supervisor speaks no TLS (its checks of TLS files use cryptography)
     reactor_setup.install()
     from twisted.internet import reactor as _reactor
 
