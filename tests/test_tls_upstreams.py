@@ -113,3 +113,30 @@ def test_ambassador_route_to_an_https_upstream_with_sni(certs: Certs, sidecars: 
     finally:
         tls.stop()
         up.stop()
+
+
+def test_ambassador_upstream_with_an_untrusted_certificate_is_unavailable(
+        certs: Certs, sidecars: Any) -> None:
+    up = HttpUpstream("secure").start()
+    tls = relay(up.address, certs)
+    try:
+        port = free_port()
+        route = {"name": "api", "listen": f"127.0.0.1:{port}", "protocol": "http",
+                 "upstream": {"static": [tls.address],
+                              "tls": {"ca": certs.path("other-ca.pem"),
+                                      "server_name": "api.internal"}},
+                 "timeout": "3s", "retry": {"attempts": 2, "backoff": {"base": "10ms"}}}
+        sidecars({"admin": {}, "ambassador": [route]}, single_process=True)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/item/1")
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 503
+            assert resp.getheader("x-adaptercar-reason") == "upstream-unavailable"
+        finally:
+            conn.close()
+        assert up.received == []  # nothing reached the upstream through the refused handshake
+    finally:
+        tls.stop()
+        up.stop()
