@@ -57,6 +57,7 @@ class Loaded:
     soap: dict[str, tuple[SoapSpec, WsdlBinding]] = field(default_factory=dict)
     service_backends: dict[str, set[str]] = field(default_factory=dict)
     verifier: Any = None  # fronts.auth.Verifier when `auth:` is configured
+    tls: dict[str, Any] = field(default_factory=dict)  # "grpc"/"http" → tls.ServerMaterial
 
     @property
     def errors(self) -> list[Problem]:
@@ -536,6 +537,7 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
             loaded.verifier = load_verifier(cfg.auth)
         except AuthConfigError as e:
             top.error(("auth", "jwt", "keys"), str(e))
+    _load_tls(cfg, top, loaded)
     if cfg.protos:
         try:
             loaded.protoset = compile_protos([Path(p) for p in cfg.protos])
@@ -621,6 +623,34 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
     return loaded
 
 
+# --- TLS -------------------------------------------------------------------------------------
+
+def _load_tls(cfg: Any, c: _Collector, loaded: Loaded) -> None:
+    """Read and check every certificate file now, so `check` and a reload report a missing,
+    unreadable or mismatched file at its config line (and a reload picks up renewed files)."""
+    fronts = [f for f in ("grpc", "http") if getattr(getattr(cfg, f), "tls", None) is not None]
+    if not fronts and all(r.upstream.tls is None for r in cfg.ambassador):
+        return  # TLS off: import nothing of it
+    from .tls import TlsFileError, load_client, load_server
+
+    for front in fronts:
+        try:
+            loaded.tls[front] = load_server(getattr(cfg, front).tls)
+        except TlsFileError as e:
+            c.error((front, "tls", e.key), str(e))
+    for index, route in enumerate(cfg.ambassador):
+        if route.upstream.tls is None:
+            continue
+        path: Path_ = ("ambassador", index, "upstream", "tls")
+        try:
+            load_client(route.upstream.tls)
+        except TlsFileError as e:
+            c.error((*path, e.key), str(e))
+            continue
+        if not route.upstream.tls.verify:
+            c.note((*path, "verify"), "certificates of this upstream are not checked")
+
+
 # --- SOAP ------------------------------------------------------------------------------------
 
 def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBinding] | None:
@@ -628,15 +658,32 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
     or port, and calls never wait for it."""
     from .backends.soap import WsdlError, load_wsdl
 
+    tls = None
+    if cfg.tls is not None:
+        from .tls import TlsFileError, load_client
+
+        try:
+            tls = load_client(cfg.tls)
+        except TlsFileError as e:
+            c.error(("backends", name, "soap", "tls", e.key), str(e))
+            return None
+        if not cfg.tls.verify:
+            c.note(("backends", name, "soap", "tls", "verify"),
+                   "certificates of this endpoint are not checked")
     wsse = None if cfg.wsse is None else (cfg.wsse.username, cfg.wsse.password, cfg.wsse.digest)
     spec = SoapSpec(name=name, wsdl=str(cfg.wsdl), endpoint=cfg.endpoint, service=cfg.service,
                     port=cfg.port, wsse=wsse, timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
-                    pool_size=cfg.pool.size, max_reply_bytes=cfg.max_reply_bytes)
+                    pool_size=cfg.pool.size, max_reply_bytes=cfg.max_reply_bytes, tls=tls)
     try:
-        return spec, load_wsdl(spec)
+        wsdl = load_wsdl(spec)
     except WsdlError as e:
         c.error(("backends", name, "soap", e.key), str(e))
         return None
+    if tls is not None and not wsdl.address.startswith("https://"):
+        c.error(("backends", name, "soap", "tls"),
+                f"'tls' needs an https:// endpoint, the endpoint is {wsdl.address}")
+        return None
+    return spec, wsdl
 
 
 def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,

@@ -93,6 +93,7 @@ class ProxyResource(resource.Resource):
         super().__init__()
         self.route = route
         self.agent = agent
+        self.scheme = "https" if route.cfg.upstream.tls is not None else "http"
 
     def render(self, request: server.Request) -> Any:
         state = _CallState()
@@ -139,7 +140,7 @@ class ProxyResource(resource.Resource):
                     return await self._forward(request, last, state=state)
                 return self._fail(request, 503, why)
             tried.add(ep.key)
-            url = f"http://{ep.host}:{ep.port}".encode() + path
+            url = f"{self.scheme}://{ep.host}:{ep.port}".encode() + path
             remaining = deadline - reactor.seconds()
             per_try = min(route.per_try or remaining, remaining)
             state.capped = route.per_try is None or remaining <= route.per_try
@@ -300,7 +301,13 @@ class _QuietSite(server.Site):
 def proxy_site(route: Route) -> server.Site:
     pool = client.HTTPConnectionPool(route.reactor, persistent=True)
     pool.maxPersistentPerHost = 32
-    agent = client.Agent(route.reactor, connectTimeout=route.connect_timeout, pool=pool)
+    extra: dict[str, Any] = {}
+    if route.cfg.upstream.tls is not None:  # HTTPS to the upstream (tls.py)
+        from ..tls import client_policy, load_client
+
+        extra["contextFactory"] = client_policy(load_client(route.cfg.upstream.tls),
+                                                f"route {route.name}")
+    agent = client.Agent(route.reactor, connectTimeout=route.connect_timeout, pool=pool, **extra)
     site = _QuietSite(ProxyResource(route, agent))
     site.displayTracebacks = False
     return site

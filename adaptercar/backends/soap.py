@@ -46,6 +46,7 @@ class SoapSpec:
     connect_timeout: float
     pool_size: int
     max_reply_bytes: int
+    tls: Any = None  # tls.ClientMaterial: `tls:` of an https endpoint
 
 
 @dataclass(eq=False)
@@ -173,7 +174,13 @@ class SoapBackend:
 
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = self.spec.pool_size
-        self.agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout, pool=self.pool)
+        extra: dict[str, Any] = {}
+        if self.spec.tls is not None:
+            from ..tls import client_policy
+
+            extra["contextFactory"] = client_policy(self.spec.tls, f"backend {self.spec.name}")
+        self.agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout, pool=self.pool,
+                           **extra)
 
     def stop(self) -> defer.Deferred[None]:
         if self.pool is None:
@@ -281,6 +288,10 @@ def _describe(f: Failure) -> str:
     reasons = getattr(f.value, "reasons", None)
     if reasons:
         return "; ".join(_describe(r) for r in reasons)
+    if type(f.value).__module__.startswith("OpenSSL"):
+        from ..tls import describe_failure
+
+        return describe_failure(f) or repr(f.value)
     if f.check(*_UNREACHABLE):
         return f.value.__class__.__name__ + (f": {f.value}" if str(f.value) else "")
     return f"{type(f.value).__name__}: {f.value}"

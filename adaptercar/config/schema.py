@@ -158,17 +158,48 @@ def _encoding(value: object) -> str:
 Encoding = Annotated[str, PlainValidator(_encoding)]
 
 
+# --- TLS ----------------------------------------------------------------------------------
+
+class ServerTls(Strict):
+    """A front's TLS: its certificate (chain, PEM) and key; with `client_ca`, every caller must
+    present a certificate signed by one of those CAs (mTLS)."""
+
+    cert: ConfigPath
+    key: ConfigPath
+    client_ca: ConfigPath | None = None
+
+
+class ClientTls(Strict):
+    """TLS towards an upstream: `ca` (PEM bundle; default: the system's CAs), an optional client
+    certificate (`cert` + `key`), `server_name` (SNI and the name checked; default: the URL's
+    host). `verify: false` skips every check (logged as a warning)."""
+
+    ca: ConfigPath | None = None
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+    server_name: str | None = Field(default=None, min_length=1)
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientTls:
+        if (self.cert is None) != (self.key is None):
+            raise invalid("'cert' and 'key' go together (the client certificate and its key)")
+        return self
+
+
 # --- fronts, admin, log -------------------------------------------------------------------
 
 class Grpc(Strict):
     listen: ListenAddress
     reflection: bool = True
     max_message_bytes: PositiveInt = 4 * MiB
+    tls: ServerTls | None = None
 
 
 class Http(Strict):
     listen: ListenAddress
     max_body_bytes: PositiveInt = 4 * MiB
+    tls: ServerTls | None = None
 
 
 class Admin(Strict):
@@ -342,6 +373,8 @@ class SoapBackend(Strict):
     pool: Pool = Field(default_factory=Pool)
     max_reply_bytes: PositiveInt = MiB
     max_concurrency: PositiveInt | None = None
+    tls: ClientTls | None = None
+    """For an https:// endpoint; without it, https uses the system's CAs."""
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> SoapBackend:
@@ -429,6 +462,8 @@ class Upstream(Strict):
     srv: str | None = None
     dns: Address | None = None
     static: tuple[Address, ...] | None = Field(default=None, min_length=1)
+    tls: ClientTls | None = None
+    """Speak HTTPS to the upstream (http routes only)."""
 
     @model_validator(mode="after")
     def _check(self) -> Upstream:
@@ -508,6 +543,12 @@ class Route(Strict):
     connect_timeout: PositiveDuration = 1.0
     retry: Retry = Field(default_factory=Retry)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Route:
+        if self.upstream.tls is not None and self.protocol != "http":
+            raise invalid("'upstream.tls' needs protocol: http (tcp routes pass bytes through)")
+        return self
 
 
 # --- companion ----------------------------------------------------------------------------

@@ -245,8 +245,10 @@ class _GenericOnly:
 
 class GrpcFront:
     def __init__(
-        self, current: CurrentSet, listen: str, max_message_bytes: int, reflection: bool
+        self, current: CurrentSet, listen: str, max_message_bytes: int, reflection: bool,
+        tls: Any = None,
     ) -> None:
+        self.tls = tls  # tls.GrpcServerTls, or None: plaintext
         self.current = current
         self.listen = listen
         self.max_message_bytes = max_message_bytes
@@ -272,7 +274,10 @@ class GrpcFront:
                 _Reflection(self.current), target
             )  # type: ignore[no-untyped-call]
         server.add_generic_rpc_handlers([_Fallback()])
-        self.port = server.add_insecure_port(self.listen)
+        if self.tls is not None:
+            self.port = server.add_secure_port(self.listen, self.tls.credentials)
+        else:
+            self.port = server.add_insecure_port(self.listen)
         if self.port == 0:
             raise OSError(f"gRPC front cannot listen on {self.listen}")
         await server.start()

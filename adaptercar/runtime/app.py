@@ -54,6 +54,7 @@ class Runtime:
         self._prepare(cs)
         self.current = CurrentSet(cs)
         self.grpc_front: Any = None
+        self.front_tls: dict[str, Any] = {}  # front → its reloadable TLS (tls.py)
         self.ambassador: Any = None
         self.listening = False
 
@@ -87,13 +88,22 @@ class Runtime:
         if "grpc" in self.roles and cfg.grpc is not None:
             from ..fronts.grpc_front import GrpcFront
 
-            self.grpc_front = GrpcFront(self.current, cfg.grpc.listen, cfg.grpc.max_message_bytes, cfg.grpc.reflection)
+            if "grpc" in self.loaded.tls:
+                from ..tls import GrpcServerTls
+
+                self.front_tls["grpc"] = GrpcServerTls(self.loaded.tls["grpc"])
+            self.grpc_front = GrpcFront(self.current, cfg.grpc.listen, cfg.grpc.max_message_bytes,
+                                        cfg.grpc.reflection, self.front_tls.get("grpc"))
             GrpcService(self.grpc_front, self.loop, drain_timeout).setServiceParent(top)
         if "http" in self.roles and cfg.http is not None:
             from ..fronts.http_front import make_site
 
+            if "http" in self.loaded.tls:
+                from ..tls import ReloadableServerTls
+
+                self.front_tls["http"] = ReloadableServerTls(self.loaded.tls["http"])
             HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
-                        drain_timeout).setServiceParent(top)
+                        drain_timeout, self.front_tls.get("http")).setServiceParent(top)
         if "ambassador" in self.roles and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
 
@@ -135,6 +145,9 @@ class Runtime:
             if old.backends.get(name) is not b and self.serves_calls:
                 b.start()
         self.current.swap(cs)
+        for front, holder in self.front_tls.items():  # renewed certificates: next handshake
+            if front in loaded.tls:
+                holder.update(loaded.tls[front])
         self.loaded = loaded
         _configure_logging(loaded.config, role=",".join(self.roles), pid=os.getpid())
         kept = set(map(id, cs.backends.values()))
@@ -205,6 +218,10 @@ def _run(top: service.MultiService, on_started: Any = None, signals: Any = None,
 
 
 def run_worker(role: str, config_path: str) -> int:
+    from ..tls import OPENSSL_ENV, forbid_openssl
+
+    if os.environ.get(OPENSSL_ENV) == "0":  # the supervisor knows this role needs no pyOpenSSL
+        forbid_openssl()
     loop = reactor_setup.install()
     from twisted.internet import reactor as _reactor
     from twisted.internet import task
@@ -348,6 +365,9 @@ def run_supervisor(config_path: str) -> int:
         Path(mpdir).mkdir(parents=True, exist_ok=True)
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client imported before PROMETHEUS_MULTIPROC_DIR was set")
+    from ..tls import forbid_openssl
+
+    forbid_openssl()  # the supervisor speaks no TLS (its checks of TLS files use cryptography)
     reactor_setup.install()
     from twisted.internet import reactor as _reactor
 

@@ -92,7 +92,10 @@ def _listen_key(config: Any, role: str) -> Any:
     if role == "companion":  # its duties are rebuilt by restarting it, like ambassador routes
         return config.companion.model_dump() if config.companion is not None else None
     section = getattr(config, role)
-    return getattr(section, "listen", None) if section else None
+    if not section:
+        return None
+    tls = getattr(section, "tls", None)  # TLS on/off and mTLS on/off are fixed per listener
+    return section.listen, tls is not None, tls is not None and tls.client_ca is not None
 
 
 class Supervisor:
@@ -138,8 +141,11 @@ class Supervisor:
         argv = [sys.executable, "-m", "adaptercar.runtime.worker", "--role", role, "-c", self.config_path]
         if role == "companion":
             argv = [sys.executable, "-m", "adaptercar.companion", "-c", self.config_path]
+        from ..tls import OPENSSL_ENV, openssl_roles
+
+        env = {**os.environ, OPENSSL_ENV: "1" if role in openssl_roles(self.loaded) else "0"}
         self.reactor.spawnProcess(
-            proto, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2, 3: "r"}
+            proto, sys.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2, 3: "r"}
         )
         self.workers[role] = proto
         log.info("worker_started", role=role, pid=proto.pid)
@@ -240,11 +246,15 @@ class Supervisor:
                 log.error("config_reload_failed", errors=errors)
                 return {"ok": False, "errors": errors}
             old_roles = self.roles()
-            old_listen = {role: _listen_key(self.config, role) for role in ("grpc", "http", "ambassador", "companion")}
+            from ..tls import openssl_roles
+
+            old_tls, new_tls = openssl_roles(self.loaded), openssl_roles(new)
+            old_listen = {role: (_listen_key(self.config, role), role in old_tls)
+                          for role in ("grpc", "http", "ambassador", "companion")}
             self.loaded = new
             waits = []
             for role, w in list(self.workers.items()):
-                new_listen = _listen_key(new.config, role)
+                new_listen = (_listen_key(new.config, role), role in new_tls)
                 if role not in self.roles() or new_listen != old_listen.get(role):
                     w.retiring = True  # listener moved or role removed: restart (or stop) it
                     w.signal("TERM")

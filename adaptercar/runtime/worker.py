@@ -160,7 +160,9 @@ class HttpService(service.Service):
     the reactor's own shutdown would drop a response still in a socket buffer.
     """
 
-    def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float) -> None:
+    def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float,
+                 tls: Any = None) -> None:
+        self.tls = tls  # tls.ReloadableServerTls, or None: plaintext
         self.site = site
         self.listen = listen
         self.port: Any = None
@@ -227,7 +229,13 @@ class HttpService(service.Service):
 
         super().startService()
         host, _, port = self.listen.rpartition(":")
-        self.port = reactor.listenTCP(int(port), self.site, interface=host.strip("[]") or "0.0.0.0")
+        interface = host.strip("[]") or "0.0.0.0"
+        if self.tls is not None:
+            from ..tls import listen_tls
+
+            self.port = listen_tls(reactor, int(port), self.site, self.tls, interface)
+        else:
+            self.port = reactor.listenTCP(int(port), self.site, interface=interface)
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
