@@ -379,6 +379,16 @@ class Bench:
         got: Sidecar = self._servers["stdio-sidecar"]
         return got
 
+    def stdio_floor(self) -> tuple[Started, int]:
+        if "grpcaio-stdio-floor" not in self._servers:
+            p = self.procs.start("grpcaio-stdio-floor", [sys.executable, str(FLOORS / "grpcaio_stdio.py"), "--port",
+                                                         "0", "--children", str(ECHO_CHILDREN), "--", "cat"])
+            port = _listening_port(p)
+            check_grpc_bytes(port, "grpc.aio stdio floor", ECHO_PATH, self.echo_request, ECHO_MESSAGE)
+            self._servers["grpcaio-stdio-floor"] = (p, port)
+        got: tuple[Started, int] = self._servers["grpcaio-stdio-floor"]
+        return got
+
     def echo_load(self, port: int, duration: int | None = None) -> LoadCommand:
         return load.h2load(f"http://127.0.0.1:{port}{ECHO_PATH}", duration or self.s.duration, self._log(),
                            clients=4, streams=8, data=self.echo_request, headers=load.GRPC_HEADERS,

@@ -201,20 +201,26 @@ def soap(b: Bench) -> None:
 
 
 STDIO_SIDECAR = "adaptercar, gRPC → stdio pool of 4 cat (h2load -c4 -m8)"
+STDIO_FLOOR = "floor: grpc.aio + asyncio pool of 4 cat"
 STDIO_DIRECT = "direct: the same 4 cat over pipes (Python asyncio)"
 
 
 @scenario("grpc-stdio", "gRPC → stdio pool (process backend), saturating")
 def grpc_stdio(b: Bench) -> None:
-    sc = b.stdio_sidecar()
+    sc, (fp, fport) = b.stdio_sidecar(), b.stdio_floor()
     res = b.paired([
         Subject(STDIO_SIDECAR, lambda d: [b.echo_load(sc.grpc, d)], tree_of(sc.started)),
+        Subject(STDIO_FLOOR, lambda d: [b.echo_load(fport, d)], tree_of(fp)),
         Subject(STDIO_DIRECT, lambda d: [b.direct_stdio_load(d)]),
     ])
-    (side, side_runs), (di, di_runs) = (medians(res[k]) for k in (STDIO_SIDECAR, STDIO_DIRECT))
-    cs = _cpu_per_call(side_runs)
-    b.add(Row("grpc-stdio", STDIO_SIDECAR, side, STDIO_DIRECT, _ratio(side, di), runs=side_runs,
-              note=f"{cs:.3f} ms CPU per call (sidecar and its children)", extra={"cpu_ms_per_call": cs}))
+    (side, side_runs), (fl, fl_runs), (di, di_runs) = (
+        medians(res[k]) for k in (STDIO_SIDECAR, STDIO_FLOOR, STDIO_DIRECT))
+    cs, cf = _cpu_per_call(side_runs), _cpu_per_call(fl_runs)
+    b.add(Row("grpc-stdio", STDIO_SIDECAR, side, STDIO_FLOOR, _ratio(side, fl), runs=side_runs,
+              note=f"{_ratio(side, di):.2f} × direct; {cs:.3f} ms CPU per call (sidecar and its children)",
+              extra={"cpu_ms_per_call": cs}))
+    b.add(Row("grpc-stdio", STDIO_FLOOR, fl, runs=fl_runs, note=f"{cf:.3f} ms CPU per call",
+              extra={"cpu_ms_per_call": cf}))
     b.add(Row("grpc-stdio", STDIO_DIRECT, di, runs=di_runs, note="one request at a time per child, as the pool"))
 
 

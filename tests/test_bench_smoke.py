@@ -88,7 +88,7 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     assert {s for sc, s in by if sc == "soap"} >= {"direct: canned SOAP reply (nginx, wrk -c32 POST)",
                                                   "FastAPI + zeep AsyncClient (uvicorn)"}
     stdio = [r for r in doc["rows"] if r["scenario"] == "grpc-stdio"]
-    assert len(stdio) == 2 and stdio[0]["baseline"] == stdio[1]["subject"].strip()
+    assert len(stdio) == 3 and stdio[0]["baseline"] == stdio[1]["subject"].strip()
     assert stdio[0]["extra"]["cpu_ms_per_call"] > 0
     amb = {r["subject"]: r for r in doc["rows"] if r["scenario"] == "ambassador"}
     assert len(amb) == 6 and amb["adaptercar ambassador, SRV discovery (wrk -c32)"]["baseline"].startswith("HAProxy")
