@@ -300,6 +300,17 @@ class Bench:
         got: Sidecar = self._servers["soap-sidecar"]
         return got
 
+    def soap_floor(self) -> tuple[Started, int]:
+        if "twisted-soap-floor" not in self._servers:
+            endpoint = f"http://127.0.0.1:{self.canned_soap()}{SOAP_PATH}"
+            p = self.procs.start("twisted-soap-floor", [sys.executable, str(FLOORS / "twisted_soap.py"),
+                                                        "--port", "0", "--endpoint", endpoint])
+            port = _listening_port(p)
+            check_json(port, "Twisted SOAP floor", CUSTOMER_PATH, EXPECTED_CUSTOMER)
+            self._servers["twisted-soap-floor"] = (p, port)
+        got: tuple[Started, int] = self._servers["twisted-soap-floor"]
+        return got
+
     def fastapi_zeep(self) -> int:
         if "fastapi-zeep" not in self._servers:
             endpoint = f"http://127.0.0.1:{self.canned_soap()}{SOAP_PATH}"

@@ -165,6 +165,7 @@ def idle_memory(b: Bench) -> None:
 
 
 SOAP_SIDECAR = "adaptercar, JSON → SOAP (wrk -c32)"
+SOAP_FLOOR = "floor: twisted.web + Agent, envelope template, lxml"
 SOAP_DIRECT = "direct: canned SOAP reply (nginx, wrk -c32 POST)"
 FASTAPI_ZEEP = "FastAPI + zeep AsyncClient (uvicorn)"
 LINE_FOR_CPU = "adaptercar, JSON → line (CPU per call)"
@@ -178,20 +179,23 @@ def _cpu_per_call(runs: list[Measure]) -> float:
 @scenario("soap", "JSON → SOAP against a canned reply, vs FastAPI + zeep")
 def soap(b: Bench) -> None:
     sc, line = b.soap_sidecar(), b.sidecar()
-    canned, shim = b.canned_soap(), b.fastapi_zeep()
+    canned, shim, (fp, fport) = b.canned_soap(), b.fastapi_zeep(), b.soap_floor()
     res = b.paired([
         Subject(SOAP_SIDECAR, lambda d: [b.json_load(sc.http, d, CUSTOMER_PATH)], tree_of(sc.started)),
+        Subject(SOAP_FLOOR, lambda d: [b.json_load(fport, d, CUSTOMER_PATH)], tree_of(fp)),
         Subject(SOAP_DIRECT, lambda d: [b.soap_load(canned, d)]),
         Subject(FASTAPI_ZEEP, lambda d: [b.json_load(shim, d, CUSTOMER_PATH)]),
         Subject(LINE_FOR_CPU, lambda d: [b.json_load(line.http, d)], tree_of(line.started)),
     ])
-    (side, side_runs), (di, di_runs), (fz, fz_runs), (ln, ln_runs) = (
-        medians(res[k]) for k in (SOAP_SIDECAR, SOAP_DIRECT, FASTAPI_ZEEP, LINE_FOR_CPU))
-    cs, cl = _cpu_per_call(side_runs), _cpu_per_call(ln_runs)
+    (side, side_runs), (fl, fl_runs), (di, di_runs), (fz, fz_runs), (ln, ln_runs) = (
+        medians(res[k]) for k in (SOAP_SIDECAR, SOAP_FLOOR, SOAP_DIRECT, FASTAPI_ZEEP, LINE_FOR_CPU))
+    cs, cf, cl = _cpu_per_call(side_runs), _cpu_per_call(fl_runs), _cpu_per_call(ln_runs)
     cpu_ratio = cs / cl if cl else 0.0
     b.add(Row("soap", SOAP_SIDECAR, side, FASTAPI_ZEEP, _ratio(side, fz), runs=side_runs,
-              note=f"{_ratio(side, di):.2f} × direct; {cs:.3f} ms CPU per call, {cpu_ratio:.2f} × JSON → line",
-              extra={"cpu_ms_per_call": cs, "cpu_vs_json_line": cpu_ratio}))
+              note=f"{_ratio(side, fl):.2f} × floor; {_ratio(side, di):.2f} × direct; {cs:.3f} ms CPU per call, "
+                   f"{cpu_ratio:.2f} × JSON → line",
+              extra={"cpu_ms_per_call": cs, "cpu_vs_json_line": cpu_ratio, "vs_floor": _ratio(side, fl)}))
+    b.add(Row("soap", SOAP_FLOOR, fl, runs=fl_runs, note=f"{cf:.3f} ms CPU per call", extra={"cpu_ms_per_call": cf}))
     b.add(Row("soap", SOAP_DIRECT, di, runs=di_runs, note="the SOAP server alone"))
     b.add(Row("soap", FASTAPI_ZEEP, fz, runs=fz_runs, note="what a Python user would write instead"))
     b.add(Row("soap", LINE_FOR_CPU, ln, runs=ln_runs, note=f"{cl:.3f} ms CPU per call",

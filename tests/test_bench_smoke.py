@@ -86,6 +86,7 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     soap = by[("soap", "adaptercar, JSON → SOAP (wrk -c32)")]
     assert soap["baseline"].startswith("FastAPI + zeep") and soap["extra"]["cpu_ms_per_call"] > 0
     assert {s for sc, s in by if sc == "soap"} >= {"direct: canned SOAP reply (nginx, wrk -c32 POST)",
+                                                  "floor: twisted.web + Agent, envelope template, lxml",
                                                   "FastAPI + zeep AsyncClient (uvicorn)"}
     stdio = [r for r in doc["rows"] if r["scenario"] == "grpc-stdio"]
     assert len(stdio) == 3 and stdio[0]["baseline"] == stdio[1]["subject"].strip()
