@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-BENCH_DEBS := wrk nghttp2-client memcached
+BENCH_DEBS := wrk nghttp2-client memcached nginx haproxy
 # Real programs the tests drive: bc behind a process backend, memcached and redis for the docs' examples.
 TEST_DEBS := bc memcached redis-server
 
@@ -36,7 +36,7 @@ test: $(STAMP) test-debs bench-debs lint
 
 # Benchmarks need load generators from Debian packages.
 bench-debs:
-	@missing=""; for t in wrk h2load nghttp memcached; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in wrk h2load nghttp memcached nginx haproxy; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_DEBS) >/dev/null; \
 	  else echo "benchmarks need: sudo apt-get install -y $(BENCH_DEBS)" >&2; exit 1; fi; fi

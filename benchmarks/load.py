@@ -102,9 +102,13 @@ def run_one(cmd: LoadCommand) -> Measure:
 
 
 # -- wrk ----------------------------------------------------------------------------------------
-def wrk(url: str, duration: int, connections: int = 32, threads: int = 1) -> LoadCommand:
+def wrk(url: str, duration: int, connections: int = 32, threads: int = 1, post: Path | None = None,
+        content_type: str = "application/json") -> LoadCommand:
+    """`post`: a file whose bytes every request POSTs (wrk_report.lua reads it once)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
             "-s", str(HERE / "wrk_report.lua"), url]
+    if post is not None:
+        argv += ["--", str(post), content_type]
     return LoadCommand("wrk", argv, parse_wrk, duration + 30)
 
 
@@ -190,6 +194,12 @@ def direct(port: int, key: str, value_len: int, flags: int, duration: float, *,
     if rate is not None:
         argv += ["--rate", str(rate)]
     return LoadCommand("direct", argv, parse_direct, duration + 30)
+
+
+def direct_stdio(line: str, program: Sequence[str], children: int, duration: float) -> LoadCommand:
+    argv = [sys.executable, str(HERE / "direct_stdio.py"), "--line", line, "--children", str(children),
+            "--duration", str(duration), "--", *program]
+    return LoadCommand("direct-stdio", argv, parse_direct, duration + 30)
 
 
 def parse_direct(out: str) -> Measure:

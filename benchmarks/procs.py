@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client", "memcached": "memcached"}
+TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client", "memcached": "memcached",
+         "nginx": "nginx", "haproxy": "haproxy"}
 
 
 class BenchError(RuntimeError):

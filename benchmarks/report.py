@@ -32,13 +32,13 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "python": platform.python_version(), "load_avg_at_start": list(os.getloadavg()),
-            "tools": {t: _version(t) for t in ("wrk", "h2load", "memcached")}}
+            "tools": {t: _version(t) for t in ("wrk", "h2load", "memcached", "nginx", "haproxy")}}
 
 
 def _version(tool: str) -> str:
     if shutil.which(tool) is None:
         return "missing"
-    flag = {"wrk": "-v", "h2load": "--version", "memcached": "-V"}[tool]
+    flag = {"wrk": "-v", "h2load": "--version", "memcached": "-V", "nginx": "-v", "haproxy": "-v"}[tool]
     try:
         p = subprocess.run([tool, flag], capture_output=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from statistics import median
 
-from .bench import Bench, Row, Subject, tree_of
+from .bench import CUSTOMER_PATH, Bench, Row, Subject, tree_of
 from .load import Measure, median_of
 from .procs import process_tree, pss_mib
 
@@ -162,3 +162,109 @@ def idle_memory(b: Bench) -> None:
         b.add(Row("idle-memory", f"adaptercar, {model}", note=f"PSS {mib:.1f} MiB over {len(pids)} processes",
                   extra={"pss_mib": mib, "processes": float(len(pids))}))
         b.check(f"idle PSS ≤ {limit:.0f} MiB, {model}", mib, limit, at_most=True, unit="MiB")
+
+
+SOAP_SIDECAR = "adaptercar, JSON → SOAP (wrk -c32)"
+SOAP_FLOOR = "floor: twisted.web + Agent, envelope template, lxml"
+SOAP_DIRECT = "direct: canned SOAP reply (nginx, wrk -c32 POST)"
+FASTAPI_ZEEP = "FastAPI + zeep AsyncClient (uvicorn)"
+LINE_FOR_CPU = "adaptercar, JSON → line (CPU per call)"
+
+
+def _cpu_per_call(runs: list[Measure]) -> float:
+    """CPU seconds of the server's process tree per request, in ms, median over the runs."""
+    return median((m.vcpu_per_krps or 0.0) for m in runs)
+
+
+@scenario("soap", "JSON → SOAP against a canned reply, vs FastAPI + zeep")
+def soap(b: Bench) -> None:
+    sc, line = b.soap_sidecar(), b.sidecar()
+    canned, shim, (fp, fport) = b.canned_soap(), b.fastapi_zeep(), b.soap_floor()
+    res = b.paired([
+        Subject(SOAP_SIDECAR, lambda d: [b.json_load(sc.http, d, CUSTOMER_PATH)], tree_of(sc.started)),
+        Subject(SOAP_FLOOR, lambda d: [b.json_load(fport, d, CUSTOMER_PATH)], tree_of(fp)),
+        Subject(SOAP_DIRECT, lambda d: [b.soap_load(canned, d)]),
+        Subject(FASTAPI_ZEEP, lambda d: [b.json_load(shim, d, CUSTOMER_PATH)]),
+        Subject(LINE_FOR_CPU, lambda d: [b.json_load(line.http, d)], tree_of(line.started)),
+    ])
+    (side, side_runs), (fl, fl_runs), (di, di_runs), (fz, fz_runs), (ln, ln_runs) = (
+        medians(res[k]) for k in (SOAP_SIDECAR, SOAP_FLOOR, SOAP_DIRECT, FASTAPI_ZEEP, LINE_FOR_CPU))
+    cs, cf, cl = _cpu_per_call(side_runs), _cpu_per_call(fl_runs), _cpu_per_call(ln_runs)
+    cpu_ratio = cs / cl if cl else 0.0
+    b.add(Row("soap", SOAP_SIDECAR, side, FASTAPI_ZEEP, _ratio(side, fz), runs=side_runs,
+              note=f"{_ratio(side, fl):.2f} × floor; {_ratio(side, di):.2f} × direct; {cs:.3f} ms CPU per call, "
+                   f"{cpu_ratio:.2f} × JSON → line",
+              extra={"cpu_ms_per_call": cs, "cpu_vs_json_line": cpu_ratio, "vs_floor": _ratio(side, fl)}))
+    b.add(Row("soap", SOAP_FLOOR, fl, runs=fl_runs, note=f"{cf:.3f} ms CPU per call", extra={"cpu_ms_per_call": cf}))
+    b.add(Row("soap", SOAP_DIRECT, di, runs=di_runs, note="the SOAP server alone"))
+    b.add(Row("soap", FASTAPI_ZEEP, fz, runs=fz_runs, note="what a Python user would write instead"))
+    b.add(Row("soap", LINE_FOR_CPU, ln, runs=ln_runs, note=f"{cl:.3f} ms CPU per call",
+              extra={"cpu_ms_per_call": cl}))
+    b.check("JSON→SOAP throughput ≥ 10 × FastAPI + zeep", _ratio(side, fz), 10.0, at_most=False, unit="×")
+    b.check("JSON→SOAP CPU per call ≤ 2 × JSON→line", cpu_ratio, 2.0, at_most=True, unit="×")
+
+
+STDIO_SIDECAR = "adaptercar, gRPC → stdio pool of 4 cat (h2load -c4 -m8)"
+STDIO_FLOOR = "floor: grpc.aio + asyncio pool of 4 cat"
+STDIO_DIRECT = "direct: the same 4 cat over pipes (Python asyncio)"
+
+
+@scenario("grpc-stdio", "gRPC → stdio pool (process backend), saturating")
+def grpc_stdio(b: Bench) -> None:
+    sc, (fp, fport) = b.stdio_sidecar(), b.stdio_floor()
+    res = b.paired([
+        Subject(STDIO_SIDECAR, lambda d: [b.echo_load(sc.grpc, d)], tree_of(sc.started)),
+        Subject(STDIO_FLOOR, lambda d: [b.echo_load(fport, d)], tree_of(fp)),
+        Subject(STDIO_DIRECT, lambda d: [b.direct_stdio_load(d)]),
+    ])
+    (side, side_runs), (fl, fl_runs), (di, di_runs) = (
+        medians(res[k]) for k in (STDIO_SIDECAR, STDIO_FLOOR, STDIO_DIRECT))
+    cs, cf = _cpu_per_call(side_runs), _cpu_per_call(fl_runs)
+    b.add(Row("grpc-stdio", STDIO_SIDECAR, side, STDIO_FLOOR, _ratio(side, fl), runs=side_runs,
+              note=f"{_ratio(side, di):.2f} × direct; {cs:.3f} ms CPU per call (sidecar and its children)",
+              extra={"cpu_ms_per_call": cs}))
+    b.add(Row("grpc-stdio", STDIO_FLOOR, fl, runs=fl_runs, note=f"{cf:.3f} ms CPU per call",
+              extra={"cpu_ms_per_call": cf}))
+    b.add(Row("grpc-stdio", STDIO_DIRECT, di, runs=di_runs, note="one request at a time per child, as the pool"))
+
+
+AMB = "adaptercar ambassador, SRV discovery (wrk -c32)"
+HAPROXY = "HAProxy 1 thread, same SRV records (wrk -c32)"
+UPSTREAM = "direct: the upstream (nginx, wrk -c32)"
+
+
+@scenario("ambassador", "ambassador HTTP through SRV discovery, vs direct and vs HAProxy")
+def ambassador(b: Bench) -> None:
+    amb, (hp, hport) = b.ambassador(), b.haproxy()
+    side_sc, up = b.ambassador_sidecar(), b.upstreams()[0]
+    rate = b.s.rate
+    at = {k: f"{v} @ {rate}/s" for k, v in (("amb", "adaptercar ambassador"), ("hp", "HAProxy"),
+                                            ("up", "direct: the upstream"))}
+    res = b.paired([
+        Subject(AMB, lambda d: [b.http_load(amb, d)], tree_of(side_sc.started)),
+        Subject(HAPROXY, lambda d: [b.http_load(hport, d)], tree_of(hp)),
+        Subject(UPSTREAM, lambda d: [b.http_load(up, d)]),
+        Subject(at["amb"], lambda d: [b.http_at_rate(amb, d)], tree_of(side_sc.started)),
+        Subject(at["hp"], lambda d: [b.http_at_rate(hport, d)], tree_of(hp)),
+        Subject(at["up"], lambda d: [b.http_at_rate(up, d)]),
+    ])
+    (side, side_runs), (ha, ha_runs), (di, di_runs) = (medians(res[k]) for k in (AMB, HAPROXY, UPSTREAM))
+    (rs, rs_runs), (rh, rh_runs), (rd, rd_runs) = (medians(res[at[k]]) for k in ("amb", "hp", "up"))
+    b.add(Row("ambassador", AMB, side, HAPROXY, _ratio(side, ha), runs=side_runs,
+              note=f"{_ratio(side, di):.2f} × direct; {_cpu_per_call(side_runs):.3f} ms CPU per call",
+              extra={"cpu_ms_per_call": _cpu_per_call(side_runs)}))
+    b.add(Row("ambassador", HAPROXY, ha, runs=ha_runs,
+              note=f"{_ratio(ha, di):.2f} × direct; {_cpu_per_call(ha_runs):.3f} ms CPU per call",
+              extra={"cpu_ms_per_call": _cpu_per_call(ha_runs)}))
+    b.add(Row("ambassador", UPSTREAM, di, runs=di_runs, note="two endpoints; this is one of them"))
+    vs, vh = _vcpu(rs_runs), _vcpu(rh_runs)
+    b.add(Row("ambassador", at["amb"], rs, at["hp"], _ratio(rs, rh), runs=rs_runs,
+              note=f"{vs:.3f} vCPU/1000 req/s; vs direct {_added(rs, rd)}; vs HAProxy {_added(rs, rh)}",
+              extra={"vcpu_per_krps": vs, **{f"added_vs_direct_{q}_ms": getattr(rs, f"{q}_ms") - getattr(rd, f"{q}_ms")
+                                             for q in ("p50", "p90", "p99")}}))
+    b.add(Row("ambassador", at["hp"], rh, runs=rh_runs, note=f"{vh:.3f} vCPU/1000 req/s; vs direct {_added(rh, rd)}",
+              extra={"vcpu_per_krps": vh}))
+    b.add(Row("ambassador", at["up"], rd, runs=rd_runs))
+    b.check("ambassador throughput ≥ 0.5 × HAProxy", _ratio(side, ha), 0.5, at_most=False, unit="×")
+    b.check(f"ambassador added latency p99 ≤ 2 ms (vs direct @ {rate}/s)", rs.p99_ms - rd.p99_ms, 2.0,
+            at_most=True, unit="ms")

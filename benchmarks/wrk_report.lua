@@ -1,5 +1,16 @@
 -- wrk prints latency percentiles rounded for humans; this prints the exact figures (µs) as one
 -- JSON line that benchmarks/load.py reads. Non-2xx/3xx answers count as errors.status.
+-- `wrk ... URL -- FILE CONTENT-TYPE` POSTs the bytes of FILE with every request.
+init = function(args)
+  if args[1] then
+    local f = assert(io.open(args[1], "rb"))
+    wrk.method = "POST"
+    wrk.body = f:read("*a")
+    f:close()
+    wrk.headers["Content-Type"] = args[2] or "application/octet-stream"
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

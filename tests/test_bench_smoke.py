@@ -21,7 +21,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "benchmarks" / "run.py"
-DEBS = {"wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client", "memcached": "memcached"}
+DEBS = {"wrk": "wrk", "h2load": "nghttp2-client", "nghttp": "nghttp2-client", "memcached": "memcached",
+        "nginx": "nginx", "haproxy": "haproxy"}
+SCENARIOS = {"json-line", "grpc-line", "mixed", "fixed-rate", "idle-memory", "soap", "grpc-stdio",
+             "ambassador"}
 
 
 def _require_tools() -> None:
@@ -52,20 +55,21 @@ def _bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+@pytest.mark.timeout(360)  # every scenario, one 1-second run per subject, servers started once
 def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     _require_tools()
     tag = f"BENCH_SMOKE_TAG={uuid.uuid4().hex}"
     t0 = time.monotonic()
     p = _bench("--repeat", "1", "--warmup", "0", "--out", str(tmp_path),
-               env={"BENCH_DURATION": "0.5", tag.split("=")[0]: tag.split("=")[1]})
+               env={"BENCH_DURATION": "0.5", tag.split("=")[0]: tag.split("=")[1]}, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert time.monotonic() - t0 < 90
+    assert time.monotonic() - t0 < 240
 
     doc = json.loads((tmp_path / "latest.json").read_text())
     assert doc["errors"] == []
     assert doc["settings"]["duration_s"] == 1  # 0.5 is rounded up to wrk's whole second
     by = {(r["scenario"], r["subject"]): r for r in doc["rows"]}
-    assert {s for s, _ in by} == {"json-line", "grpc-line", "mixed", "fixed-rate", "idle-memory"}
+    assert {s for s, _ in by} == SCENARIOS
     for (scenario, subject), row in by.items():
         if scenario == "idle-memory":
             assert 5 < row["extra"]["pss_mib"] < 2000, row
@@ -78,7 +82,18 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     fixed = [r for r in doc["rows"] if r["scenario"] == "fixed-rate" and "vcpu_per_krps" in r["extra"]]
     assert len(fixed) == 4 and all(r["extra"]["vcpu_per_krps"] > 0 for r in fixed)
     targets = {c["target"] for c in doc["checks"]}
-    assert len(targets) == 10 and any("0.8 × Twisted floor" in t for t in targets)
+    assert len(targets) == 14 and any("0.8 × Twisted floor" in t for t in targets)
+    soap = by[("soap", "adaptercar, JSON → SOAP (wrk -c32)")]
+    assert soap["baseline"].startswith("FastAPI + zeep") and soap["extra"]["cpu_ms_per_call"] > 0
+    assert {s for sc, s in by if sc == "soap"} >= {"direct: canned SOAP reply (nginx, wrk -c32 POST)",
+                                                  "floor: twisted.web + Agent, envelope template, lxml",
+                                                  "FastAPI + zeep AsyncClient (uvicorn)"}
+    stdio = [r for r in doc["rows"] if r["scenario"] == "grpc-stdio"]
+    assert len(stdio) == 3 and stdio[0]["baseline"] == stdio[1]["subject"].strip()
+    assert stdio[0]["extra"]["cpu_ms_per_call"] > 0
+    amb = {r["subject"]: r for r in doc["rows"] if r["scenario"] == "ambassador"}
+    assert len(amb) == 6 and amb["adaptercar ambassador, SRV discovery (wrk -c32)"]["baseline"].startswith("HAProxy")
+    assert all(r["extra"]["vcpu_per_krps"] > 0 for r in amb.values() if "vcpu_per_krps" in r["extra"])
 
     svg = ET.parse(tmp_path / "latest.svg").getroot()
     assert svg.tag.endswith("svg") and len(svg.findall("{http://www.w3.org/2000/svg}rect")) > 10

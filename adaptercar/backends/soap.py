@@ -19,6 +19,7 @@ from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 
 from ..mapping.errors import CallError, Code
+from ..mapping.soap_compiled import Fallback, compile_binding
 from ..mapping.soap_operation import SOAP11, SOAP12, FaultInfo, read_reply
 
 SECURITY_SETTINGS = {"xml_huge_tree": False, "forbid_dtd": True, "forbid_entities": True,
@@ -168,6 +169,8 @@ class SoapBackend:
         self.in_flight = 0
         self.failures = 0
         self.last_error = ""
+        # envelopes and reply readers compiled per operation; zeep for the rest (soap_compiled)
+        self.compiled = compile_binding(wsdl.client, wsdl.binding, wsdl.soap_ns)
 
     def start(self) -> None:
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -198,7 +201,14 @@ class SoapBackend:
                 "last_error": self.last_error}
 
     def envelope(self, operation: str, kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        """zeep renders (and escapes, and validates against the schema) the request."""
+        """The compiled envelope; zeep renders (and escapes, and validates against the schema)
+        what it cannot build."""
+        compiled = self.compiled.operations.get(operation)
+        if compiled is not None:
+            try:
+                return compiled.envelope(kwargs)
+            except Fallback:
+                pass
         from lxml import etree
         from zeep.exceptions import Error as ZeepError
 
@@ -273,6 +283,12 @@ class SoapBackend:
         return result
 
     def _deserialize(self, operation: str, envelope: Any, raw: bytes) -> Any:
+        compiled = self.compiled.operations.get(operation)
+        if compiled is not None:
+            try:
+                return compiled.result(envelope)
+            except Fallback:
+                pass
         from zeep.exceptions import Error as ZeepError
 
         from ..mapping.soap_operation import snippet
