@@ -629,8 +629,10 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
     from .backends.soap import WsdlError, load_wsdl
 
     wsse = None if cfg.wsse is None else (cfg.wsse.username, cfg.wsse.password, cfg.wsse.digest)
+    basic = None if cfg.basic_auth is None else (cfg.basic_auth.username, cfg.basic_auth.password)
     spec = SoapSpec(name=name, wsdl=str(cfg.wsdl), endpoint=cfg.endpoint, service=cfg.service,
-                    port=cfg.port, wsse=wsse, timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                    port=cfg.port, wsse=wsse, basic_auth=basic, timeout=cfg.timeout,
+                    connect_timeout=cfg.connect_timeout,
                     pool_size=cfg.pool.size, max_reply_bytes=cfg.max_reply_bytes)
     try:
         return spec, load_wsdl(spec)

@@ -281,6 +281,7 @@ def _models() -> dict[str, tuple[type[BaseModel], set[str]]]:
         "process": (s.ProcessBackend, set()), "restart": (s.RestartBackoff, set()),
         "shutdown": (s.Shutdown, set()), "workers": (s.Workers, set()),
         "soap": (s.SoapBackend, set()), "wsse": (s.Wsse, set()),
+        "basic_auth": (s.BasicAuth, set()),
         "mapping": (ms.MappingFile, set()), "method": (ms.MethodMapping, {"request", "response"}),
         "fault": (ms.Fault, set()), "fault_match": (ms.FaultMatch, set()),
         "rule": (ms.Rule, {"match"}), "each": (ms.Each, {"into"}), "example": (ms.Example, set()),

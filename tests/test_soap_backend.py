@@ -91,6 +91,30 @@ def test_username_token_accepted_and_rejected(sidecars: Any, digest: bool) -> No
         fx.stop()
 
 
+def test_basic_auth_accepted_rejected_and_hidden(sidecars: Any) -> None:
+    fx = start_crm("--basic-auth", "bob:pa55")
+    try:
+        good = sidecars(config(fx.url, basic_auth={"username": "bob", "password": "${CRM_PASS}"}),
+                        single_process=True, env={"CRM_PASS": "pa55"})
+        assert call(good, "GetCustomer", id=3).name == "Grace Hopper"
+        shown = good.admin("/config")[1]["config"]["backends"]["crm"]["soap"]["basic_auth"]
+        assert shown == {"username": "bob", "password": "***"}
+        bad = sidecars(config(fx.url, basic_auth={"username": "bob", "password": "wrong"}),
+                       single_process=True)
+        with pytest.raises(grpc.RpcError) as e:
+            call(bad, "GetCustomer", id=3)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "HTTP 401" in (e.value.details() or "")
+        status, _, _ = bad.http("GET", "/v1/customers/3")
+        assert status == 401
+        none = sidecars(config(fx.url), single_process=True)
+        with pytest.raises(grpc.RpcError) as e:
+            call(none, "GetCustomer", id=3)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        fx.stop()
+
+
 def test_backend_down_is_unavailable(sidecars: Any) -> None:
     sc = sidecars(config(f"http://127.0.0.1:{free_port()}/crm"), single_process=True)
     t0 = time.monotonic()

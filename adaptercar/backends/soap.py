@@ -11,6 +11,7 @@ never be read by the next call.
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class SoapSpec:
     connect_timeout: float
     pool_size: int
     max_reply_bytes: int
+    basic_auth: tuple[str, str] | None = None
 
 
 @dataclass(eq=False)
@@ -162,6 +164,10 @@ class SoapBackend:
         self.wsdl = wsdl
         self.reactor: Any = reactor
         self.url = wsdl.address.encode()
+        self.auth: dict[str, str] = {}
+        if spec.basic_auth is not None:
+            pair = f"{spec.basic_auth[0]}:{spec.basic_auth[1]}".encode()
+            self.auth["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         self.pool: Any = None
         self.agent: Any = None
         self.in_flight = 0
@@ -209,7 +215,8 @@ class SoapBackend:
         from twisted.web.http_headers import Headers
 
         data, headers = self.envelope(operation, kwargs)  # may raise: nothing sent
-        hdrs = Headers({k.encode(): [v.encode()] for k, v in {**headers, **extra_headers}.items()})
+        hdrs = Headers({k.encode(): [v.encode()] for k, v in {**headers, **extra_headers,
+                                                                   **self.auth}.items()})
         state: dict[str, Any] = {"timed_out": False, "reader": None}
         result: defer.Deferred[Any] = defer.Deferred()
         req = self.agent.request(b"POST", self.url, hdrs, FileBodyProducer(io.BytesIO(data)))

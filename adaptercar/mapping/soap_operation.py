@@ -542,6 +542,10 @@ def _detail_text(el: etree._Element | None) -> str:
     return etree.tostring(el, encoding="unicode", with_tail=False)[:4096]
 
 
+#: HTTP statuses that say the service refused the credentials (basic auth), not a fault.
+_HTTP_AUTH = {401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED}
+
+
 def read_reply(status: int, body: bytes, soap_ns: str) -> etree._Element | FaultInfo:
     """HTTP status + body → the envelope (its namespace normalised to `soap_ns`) or a fault.
 
@@ -562,6 +566,9 @@ def read_reply(status: int, body: bytes, soap_ns: str) -> etree._Element | Fault
     if root is None or ns not in (SOAP11, SOAP12) or _local(root.tag) != "Envelope":
         if status in (502, 503, 504):
             raise CallError(Code.UNAVAILABLE, f"HTTP {status} from the SOAP backend: {snippet(body)}")
+        if status in _HTTP_AUTH:
+            raise CallError(_HTTP_AUTH[status], f"HTTP {status} from the SOAP backend: "
+                                                f"{snippet(body)}")
         raise CallError(Code.UNKNOWN, f"HTTP {status}: the SOAP backend sent no SOAP envelope: "
                                       f"{snippet(body)}")
     body_el = next((c for c in root if _local(c.tag) == "Body"), None)

@@ -3,7 +3,8 @@
 A stand-in for a vendor SOAP service adaptercar must not change: it answers POSTs to /crm
 (and `GET /crm?wsdl`), picks the SOAP version from the envelope namespace, answers faults the
 way such services do (HTTP 500, 1.1 faultcode/faultstring or 1.2 Code/Reason), and optionally
-insists on a WS-Security UsernameToken (PasswordText or PasswordDigest).
+insists on a WS-Security UsernameToken (PasswordText or PasswordDigest) and/or HTTP basic
+authentication (401 and an HTML page without it, as a web server in front would answer).
 
 `--test-hooks` adds customer ids that misbehave on purpose, for the sidecar's tests:
 7777 answers after `--slow` seconds (without blocking other requests), 6666 answers with an
@@ -195,6 +196,12 @@ class Crm(resource.Resource):
 
     def render_POST(self, request: server.Request) -> Any:
         raw = request.content.read() if request.content is not None else b""
+        if self.options.basic_auth and not self._authorized(request):
+            # as a web server in front of the service answers: 401 and an HTML page, no fault
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="crm"')
+            request.setHeader(b"content-type", b"text/html")
+            return b"<html><body><h1>401 Unauthorized</h1></body></html>\n"
         try:
             doc = etree.fromstring(raw, PARSER)
         except etree.XMLSyntaxError as e:
@@ -229,6 +236,10 @@ class Crm(resource.Resource):
             request.setResponseCode(500)
             return fault(ns, f)
 
+    def _authorized(self, request: server.Request) -> bool:
+        user, _, password = self.options.basic_auth.partition(":")
+        return bool(request.getUser() == user.encode() and request.getPassword() == password.encode())
+
     def _late(self, request: server.Request, ns: str) -> None:
         if request.finished or request._disconnected:  # type: ignore[attr-defined]
             return
@@ -243,6 +254,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--wsse", metavar="USER:PASS", help="require a WS-Security UsernameToken")
+    p.add_argument("--basic-auth", metavar="USER:PASS", help="require HTTP basic authentication")
     p.add_argument("--test-hooks", action="store_true", help="ids 6666 (XXE) and 7777 (slow)")
     p.add_argument("--slow", type=float, default=5.0, help="seconds id 7777 takes")
     return p.parse_args(argv)
