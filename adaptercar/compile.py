@@ -643,7 +643,7 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
 
 def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,
              wsdl: WsdlBinding, protoset: ProtoSet, environ: Mapping[str, str]) -> SoapOperation | None:
-    from .backends.soap import reply_wrapper
+    from .backends.soap import enum_values, reply_wrapper
     from .mapping.soap_operation import (
         FAULT_GROUPS,
         FaultRule,
@@ -679,16 +679,20 @@ def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     in_elems = schema_elems(in_type)
     out_type, wrap_as = reply_wrapper(zop)
     scope = Scope(request=req, env=environ, encoding="utf-8")
+
+    def literals(typ: Any) -> tuple[str, ...]:
+        return enum_values(wsdl, typ)
+
     try:
         if m.request is None:
-            request: Any = compile_request(req, in_type, opname)
+            request: Any = compile_request(req, in_type, opname, literals=literals)
         else:
             def tpl(text: str) -> Template:
                 try:
                     return compile_template(text, scope)
                 except TemplateError as e:
                     raise SoapMappingError(f"template {text!r}: {e}") from e
-            request = compile_explicit_request(req, in_elems, m.request, tpl, "request")
+            request = compile_explicit_request(req, in_elems, m.request, tpl, "request", literals)
     except SoapMappingError as e:
         c.error((*mpath, "request") if m.request is not None else mpath, str(e))
         ok = False

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from adaptercar.protos import compile_protos
 from tests.harness import ROOT, free_port
@@ -113,6 +114,22 @@ def test_basic_auth_accepted_rejected_and_hidden(sidecars: Any) -> None:
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         fx.stop()
+
+
+def test_template_value_of_the_wrong_type_is_refused_before_sending(sidecars: Any,
+                                                                   tmp_path: Path) -> None:
+    mapping = yaml.safe_load((CRM_DIR / "crm.yaml").read_text())
+    mapping["methods"]["GetCustomer"]["request"] = {"customerId": "{id}x"}
+    (tmp_path / "crm.yaml").write_text(yaml.safe_dump(mapping))
+    cfg = config(f"http://127.0.0.1:{free_port()}/crm")  # nobody there: a call sent is UNAVAILABLE
+    cfg["mappings"] = [str(tmp_path / "crm.yaml")]
+    sc = sidecars(cfg, single_process=True)
+    with pytest.raises(grpc.RpcError) as e:
+        call(sc, "GetCustomer", id=1)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == "customerId (rendered from '{id}x'): '1x' is not an xsd:int"
+    status, body, _ = sc.http("GET", "/v1/customers/2")
+    assert status == 400 and "'2x' is not an xsd:int" in body["message"]
 
 
 def test_backend_down_is_unavailable(sidecars: Any) -> None:

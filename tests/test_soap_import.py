@@ -32,6 +32,9 @@ def imported(wsdl: Path, out: Path, *extra: str, package: str = "crm.v1") -> Pat
     return out / "adaptercar.yaml"
 
 
+CORPUS = sorted([CRM_WSDL, *(ROOT / "tests" / "wsdl").rglob("*.wsdl")])
+
+
 def errors_of(config: Path) -> list[str]:
     return [p.format() for p in load_all(config, environ={}).errors]
 
@@ -78,6 +81,39 @@ def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars:
     status, body, _ = sc.http("POST", "/v1/customer-service/UpdateEmail",
                               body={"customerId": 4, "email": "church@example.com"})
     assert status == 200 and body == {"customerId": 4, "email": "church@example.com", "updated": True}
+
+
+@pytest.mark.parametrize("wsdl", CORPUS, ids=lambda p: p.name)
+def test_every_wsdl_of_the_corpus_imports_and_checks(tmp_path: Path, wsdl: Path) -> None:
+    """document/literal wrapped and bare, rpc/literal, rpc/encoded with SOAP-encoded arrays,
+    SOAP 1.2 only, imports and includes: whatever the style, the output passes `check`."""
+    config = imported(wsdl, tmp_path / "out", package="corpus.v1")
+    assert errors_of(config) == []
+    res = cli("check", "-c", str(config))
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+
+
+def test_rpc_styles_and_encoded_arrays(tmp_path: Path) -> None:
+    inventory = imported(ROOT / "tests" / "wsdl" / "inventory" / "inventory.wsdl", tmp_path / "inv")
+    proto = next((inventory.parent / "protos").glob("*.proto")).read_text()
+    # soapenc:Array of i:Item / of xsd:string → repeated fields of the item type
+    assert "repeated Item items = 1;" in proto and "repeated string tags = 2;" in proto
+    assert "int32 quantity = 3;" in proto
+    weather = imported(ROOT / "tests" / "wsdl" / "weather" / "weather.wsdl", tmp_path / "weather")
+    proto = next((weather.parent / "protos").glob("*.proto")).read_text()
+    # rpc/literal: the request message holds the parts, the reply the output's parts
+    assert "message GetForecastRequest {\n  string city = 1;\n  int32 days = 2;" in proto
+
+
+def test_a_schema_imported_by_an_unknown_url_is_not_fetched(tmp_path: Path) -> None:
+    text = (ROOT / "tests" / "wsdl" / "inventory" / "inventory.wsdl").read_text().replace(
+        '<xsd:import namespace="http://schemas.xmlsoap.org/wsdl/"/>',
+        '<xsd:import namespace="urn:x" schemaLocation="http://schemas.example.com/x.xsd"/>')
+    (tmp_path / "remote.wsdl").write_text(text)
+    res = cli("import-wsdl", str(tmp_path / "remote.wsdl"), "--package", "x.v1", "--out",
+              str(tmp_path / "o"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "http://schemas.example.com/x.xsd, which is not fetched" in res.stderr
 
 
 def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) -> None:

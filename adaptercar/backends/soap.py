@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, error, protocol
@@ -22,8 +23,42 @@ from twisted.python.failure import Failure
 from ..mapping.errors import CallError, Code
 from ..mapping.soap_operation import SOAP11, SOAP12, FaultInfo, read_reply
 
+# External references are decided by `_offline_transport`, not refused wholesale by zeep, so that
+# standard schemas imported by URL resolve to the local copies below.
 SECURITY_SETTINGS = {"xml_huge_tree": False, "forbid_dtd": True, "forbid_entities": True,
-                     "forbid_external": True}
+                     "forbid_external": False}
+
+_SCHEMAS = Path(__file__).with_name("schemas")
+#: Standard schemas WSDLs import by URL, served from local copies: nothing is fetched.
+STANDARD_SCHEMAS = {
+    "schemas.xmlsoap.org/soap/encoding": _SCHEMAS / "soap-encoding.xsd",
+    "www.w3.org/2001/xml.xsd": _SCHEMAS / "xml.xsd",
+}
+
+
+def _offline_transport(wsdl: str) -> Any:
+    """A zeep transport that serves the standard schemas locally and fetches nothing else from
+    the network unless the WSDL itself was named by URL (the user asked for the network then)."""
+    from urllib.parse import urlparse
+
+    import zeep
+
+    remote_ok = urlparse(wsdl).scheme in ("http", "https")
+
+    class OfflineTransport(zeep.Transport):  # type: ignore[misc]
+        def load(self, url: str) -> bytes:
+            parts = urlparse(url)
+            if parts.scheme in ("http", "https"):
+                local = STANDARD_SCHEMAS.get((parts.netloc + parts.path).rstrip("/"))
+                if local is not None:
+                    return local.read_bytes()
+                if not remote_ok:
+                    raise WsdlError(f"it imports {url}, which is not fetched (adaptercar reads "
+                                    f"no schema from the network): save it next to the WSDL "
+                                    f"and import it by a relative schemaLocation")
+            return super().load(url)  # type: ignore[no-any-return]
+
+    return OfflineTransport()
 
 
 class WsdlError(ValueError):
@@ -61,6 +96,8 @@ class WsdlBinding:
     service: str
     port: str
     operations: dict[str, Any] = field(default_factory=dict)
+    enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """`{namespace}name` of a simple type → its xsd:enumeration values (zeep drops facets)."""
 
 
 def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
@@ -76,7 +113,10 @@ def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
 
         wsse = UsernameToken(spec.wsse[0], spec.wsse[1], use_digest=spec.wsse[2])
     try:
-        client = zeep.Client(spec.wsdl, wsse=wsse, settings=zeep.Settings(**SECURITY_SETTINGS))
+        client = zeep.Client(spec.wsdl, wsse=wsse, settings=zeep.Settings(**SECURITY_SETTINGS),
+                             transport=_offline_transport(spec.wsdl))
+    except WsdlError as e:
+        raise WsdlError(f"cannot load WSDL {spec.wsdl}: {e}") from e
     except (OSError, ZeepError, ValueError) as e:
         raise WsdlError(f"cannot load WSDL {spec.wsdl}: {' '.join(str(e).split())}") from e
     except Exception as e:  # noqa: BLE001 - lxml/requests errors of every kind: one clear line
@@ -108,7 +148,56 @@ def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
     binding = port.binding
     ns = SOAP12 if isinstance(binding, Soap12Binding) else SOAP11
     return WsdlBinding(client, binding, address, ns, svc.name, port.name,
-                       dict(binding._operations))
+                       dict(binding._operations), _enumerations(client))
+
+
+_XSD = "{http://www.w3.org/2001/XMLSchema}"
+
+
+def _enumerations(client: Any) -> dict[str, tuple[str, ...]]:
+    """Every enumerated simple type of the WSDL's schemas, read again with lxml because zeep
+    keeps no facets: named types by `{tns}name`, anonymous ones by their element's name."""
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    transport = client.transport
+    out: dict[str, tuple[str, ...]] = {}
+    todo = [(d._location, d._target_namespace) for d in client.wsdl.types.documents if d._location]
+    seen: set[str] = set()
+    while todo:
+        location, tns = todo.pop()
+        if location in seen:
+            continue
+        seen.add(location)
+        try:
+            root = etree.fromstring(transport.load(location), parser)
+        except Exception:  # noqa: BLE001 - zeep read it already; enumerations are a bonus
+            continue
+        for schema in (root, *root.iter(f"{_XSD}schema")):
+            if schema.tag != f"{_XSD}schema":
+                continue
+            ns = schema.get("targetNamespace", tns)
+            for st in schema.iter(f"{_XSD}simpleType"):
+                values = tuple(e.get("value", "") for e in st.iterfind(
+                    f"{_XSD}restriction/{_XSD}enumeration"))
+                parent = st.getparent()
+                name = st.get("name") or (parent.get("name") if parent is not None else None)
+                if values and name:
+                    out[f"{{{ns}}}{name}"] = values
+            for inc in schema.iter(f"{_XSD}include", f"{_XSD}import"):
+                loc = inc.get("schemaLocation")
+                if loc:
+                    from zeep.loader import absolute_location
+
+                    todo.append((absolute_location(loc, location),
+                                 ns if inc.tag == f"{_XSD}include" else inc.get("namespace")))
+    return out
+
+
+def enum_values(wsdl: WsdlBinding, zeep_type: Any) -> tuple[str, ...]:
+    """The enumeration values of a zeep simple type, () when it has none."""
+    qname = getattr(zeep_type, "qname", None)
+    return wsdl.enums.get(qname.text, ()) if qname is not None else ()
 
 
 def reply_wrapper(op: Any) -> tuple[Any, str | None]:
