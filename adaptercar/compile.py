@@ -752,7 +752,7 @@ def _soap_invoker(op: SoapOperation, backend: SoapBackend, drain: Any) -> Any:
         t0 = monotonic()
         drain.enter()
         try:
-            d = backend.call(op.operation, kwargs, timeout, headers)
+            d = backend.call(op.operation, kwargs, timeout, headers, op.idempotent)
         except BaseException:
             drain.leave()
             raise
@@ -788,7 +788,10 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
 
     pools: dict[str, LinePool | ProcessPool | SoapBackend] = {}
     for name, (sspec, wsdl) in loaded.soap.items():
-        pools[name] = SoapBackend(sspec, wsdl, reactor)
+        soap_backend = pools[name] = SoapBackend(sspec, wsdl, reactor)
+        old_soap = (reuse or {}).get(name)
+        if isinstance(old_soap, SoapBackend) and old_soap.wsdl.address == wsdl.address:
+            soap_backend.probe_ok = old_soap.probe_ok  # ready through a reload until re-probed
     for name, spec in loaded.specs.items():
         old = (reuse or {}).get(name)
         if old is not None and old.spec == spec:

@@ -245,14 +245,40 @@ class _Reader(protocol.Protocol):
 _UNREACHABLE = (error.ConnectError, error.DNSLookupError, error.ConnectionLost, error.TimeoutError)
 
 
+def _no_reply_errors() -> tuple[type[Exception], ...]:
+    from twisted.web._newclient import (
+        RequestNotSent,
+        RequestTransmissionFailed,
+        ResponseNeverReceived,
+    )
+
+    return (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+
+
+#: The request went out (or tried to) on a connection that died before one byte of reply.
+_NO_REPLY = _no_reply_errors()
+
+
+#: Seconds between connect probes of an idle SOAP endpoint (calls report on it meanwhile).
+PROBE_EVERY = 5.0
+
+
 class SoapBackend:
-    """One backend's live HTTP side; `spec` is compared on reload."""
+    """One backend's live HTTP side; `spec` is compared on reload.
+
+    Ready means the endpoint accepts TCP connections: a connect probe at start and every
+    PROBE_EVERY seconds, and the outcome of every call in between (a reply of any kind: up;
+    a refused or failed connection: down). A SOAP service has no standard ping operation, and
+    calling a business operation to probe it would have effects, so the probe stops at TCP."""
 
     def __init__(self, spec: SoapSpec, wsdl: WsdlBinding, reactor: Any) -> None:
         self.spec = spec
         self.wsdl = wsdl
         self.reactor: Any = reactor
         self.url = wsdl.address.encode()
+        self.probe_ok: bool | None = None  # None: not probed yet
+        self.fresh_agent: Any = None
+        self._loop: Any = None
         self.auth: dict[str, str] = {}
         if spec.basic_auth is not None:
             pair = f"{spec.basic_auth[0]}:{spec.basic_auth[1]}".encode()
@@ -264,21 +290,59 @@ class SoapBackend:
         self.last_error = ""
 
     def start(self) -> None:
+        from twisted.internet import task
         from twisted.web.client import Agent, HTTPConnectionPool
 
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = self.spec.pool_size
+        self.pool.retryAutomatically = False  # our own retry decides, by the method's idempotency
         self.agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout, pool=self.pool)
+        # the retry after a stale pooled connection goes out on a connection of its own
+        self.fresh_agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout,
+                                 pool=HTTPConnectionPool(self.reactor, persistent=False))
+        self._loop = task.LoopingCall(self._probe)
+        self._loop.clock = self.reactor
+        self._loop.start(PROBE_EVERY, now=True)
 
     def stop(self) -> defer.Deferred[None]:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
         if self.pool is None:
             return defer.succeed(None)
         d: defer.Deferred[None] = self.pool.closeCachedConnections()
         return d
 
+    def _probe(self) -> defer.Deferred[None] | None:
+        """A TCP connect to the endpoint's host and port, closed at once."""
+        from urllib.parse import urlsplit
+
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        if self.in_flight:
+            return None  # the calls in flight will tell
+        parts = urlsplit(self.wsdl.address)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ep = HostnameEndpoint(self.reactor, (parts.hostname or "").encode("idna"), port,
+                              timeout=self.spec.connect_timeout)
+        d = ep.connect(protocol.Factory.forProtocol(protocol.Protocol))  # type: ignore[arg-type]
+
+        def up(p: Any) -> None:
+            p.transport.loseConnection()
+            self._mark(True, "")
+
+        def down(f: Failure) -> None:
+            self._mark(False, f"connect probe: {_describe(f)}")
+
+        return d.addCallbacks(up, down)
+
+    def _mark(self, ok: bool, why: str) -> None:
+        self.probe_ok = ok
+        if why:
+            self.last_error = why
+
     @property
     def ready(self) -> bool:
-        return True  # HTTP connects per call; an unreachable endpoint fails fast (UNAVAILABLE)
+        return bool(self.probe_ok)
 
     def state(self) -> dict[str, Any]:
         return {"ready": self.ready, "endpoint": self.wsdl.address, "port": self.wsdl.port,
@@ -298,25 +362,33 @@ class SoapBackend:
         return etree.tostring(env, encoding="utf-8", xml_declaration=True), headers
 
     def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
-             extra_headers: dict[str, str]) -> defer.Deferred[Any]:
-        """→ zeep's result, or a FaultInfo (the caller maps it with the method's rules)."""
+             extra_headers: dict[str, str], idempotent: bool = False) -> defer.Deferred[Any]:
+        """→ zeep's result, or a FaultInfo (the caller maps it with the method's rules).
+
+        A request that got not one byte of reply because its pooled connection turned out to
+        be dead (the server closed it while idle, as the request went out) is sent once more on
+        a fresh connection, but only for an idempotent method: the server may have acted on it."""
         from twisted.web.client import FileBodyProducer
         from twisted.web.http_headers import Headers
 
         data, headers = self.envelope(operation, kwargs)  # may raise: nothing sent
         hdrs = Headers({k.encode(): [v.encode()] for k, v in {**headers, **extra_headers,
                                                                    **self.auth}.items()})
-        state: dict[str, Any] = {"timed_out": False, "reader": None}
+        state: dict[str, Any] = {"timed_out": False, "reader": None, "req": None, "retried": False}
         result: defer.Deferred[Any] = defer.Deferred()
-        req = self.agent.request(b"POST", self.url, hdrs, FileBodyProducer(io.BytesIO(data)))
         self.in_flight += 1
+
+        def send(agent: Any) -> defer.Deferred[tuple[int, bytes]]:
+            req = agent.request(b"POST", self.url, hdrs, FileBodyProducer(io.BytesIO(data)))
+            state["req"] = req
+            return req.addCallback(got_response)
 
         def on_timeout() -> None:
             state["timed_out"] = True
             reader = state["reader"]
             if reader is not None and reader.transport is not None:  # type: ignore[attr-defined]
                 reader.transport.stopProducing()  # type: ignore[attr-defined]
-            req.cancel()
+            state["req"].cancel()
 
         timer = self.reactor.callLater(timeout, on_timeout)
 
@@ -327,8 +399,15 @@ class SoapBackend:
             response.deliverBody(reader)
             return body.addCallback(lambda raw: (int(response.code), raw))
 
+        def stale(f: Failure) -> Any:
+            if idempotent and not state["retried"] and not state["timed_out"] and f.check(*_NO_REPLY):
+                state["retried"] = True
+                return send(self.fresh_agent)
+            return f
+
         def parsed(status_raw: tuple[int, bytes]) -> Any:
             status, raw = status_raw
+            self._mark(True, "")  # whatever came back, the endpoint is up
             envelope = read_reply(status, raw, self.wsdl.soap_ns)
             if isinstance(envelope, FaultInfo):
                 return envelope
@@ -340,6 +419,13 @@ class SoapBackend:
                                          f"SOAP backend {self.spec.name} did not answer in {timeout:g}s"))
             if f.check(CallError):
                 return f
+            if f.check(*_NO_REPLY):
+                note = " (sent twice)" if state["retried"] else (
+                    "" if idempotent else " (not retried: the method is not idempotent)")
+                return Failure(CallError(Code.UNAVAILABLE, f"SOAP backend {self.spec.name} at "
+                                         f"{self.wsdl.address} closed the connection without a "
+                                         f"reply{note}: {_describe(f)}"))
+            self._mark(False, "")
             return Failure(CallError(Code.UNAVAILABLE, f"SOAP backend {self.spec.name} at "
                                      f"{self.wsdl.address} unreachable: {_describe(f)}"))
 
@@ -358,7 +444,7 @@ class SoapBackend:
                 self.failures = 0
                 result.callback(value)
 
-        req.addCallback(got_response).addCallback(parsed).addErrback(failed).addBoth(finish)
+        send(self.agent).addErrback(stale).addCallback(parsed).addErrback(failed).addBoth(finish)
         return result
 
     def _deserialize(self, operation: str, envelope: Any, raw: bytes) -> Any:

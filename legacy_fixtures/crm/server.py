@@ -5,6 +5,8 @@ A stand-in for a vendor SOAP service adaptercar must not change: it answers POST
 way such services do (HTTP 500, 1.1 faultcode/faultstring or 1.2 Code/Reason), and optionally
 insists on a WS-Security UsernameToken (PasswordText or PasswordDigest) and/or HTTP basic
 authentication (401 and an HTML page without it, as a web server in front would answer).
+`--drop-idle S` resets a keep-alive connection that is reused after S idle seconds, without a
+reply, as a server with an idle timeout does when its close crosses the client's next request.
 
 `--test-hooks` adds customer ids that misbehave on purpose, for the sidecar's tests:
 7777 answers after `--slow` seconds (without blocking other requests), 6666 answers with an
@@ -17,6 +19,7 @@ import argparse
 import base64
 import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,8 @@ class Crm(resource.Resource):
 
     def render_POST(self, request: server.Request) -> Any:
         raw = request.content.read() if request.content is not None else b""
+        if self.options.drop_idle is not None and self._drop_if_idle(request):
+            return server.NOT_DONE_YET
         if self.options.basic_auth and not self._authorized(request):
             # as a web server in front of the service answers: 401 and an HTML page, no fault
             request.setResponseCode(401)
@@ -236,6 +241,21 @@ class Crm(resource.Resource):
             request.setResponseCode(500)
             return fault(ns, f)
 
+    def _drop_if_idle(self, request: server.Request) -> bool:
+        """A keep-alive connection idle longer than --drop-idle is closed by the server just as
+        the client reuses it: the request is read and the connection reset, with no reply (the
+        race every server with an idle timeout has, made certain)."""
+        channel: Any = request.channel
+        idle_since = getattr(channel, "crm_idle_since", None)
+        if idle_since is not None and time.monotonic() - idle_since > self.options.drop_idle:
+            channel.transport.abortConnection()
+            return True
+
+        def finished(_: object) -> None:
+            channel.crm_idle_since = time.monotonic()
+        request.notifyFinish().addBoth(finished)
+        return False
+
     def _authorized(self, request: server.Request) -> bool:
         user, _, password = self.options.basic_auth.partition(":")
         return bool(request.getUser() == user.encode() and request.getPassword() == password.encode())
@@ -255,6 +275,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--wsse", metavar="USER:PASS", help="require a WS-Security UsernameToken")
     p.add_argument("--basic-auth", metavar="USER:PASS", help="require HTTP basic authentication")
+    p.add_argument("--drop-idle", type=float, metavar="SECONDS",
+                   help="reset a keep-alive connection reused after this much idle time")
     p.add_argument("--test-hooks", action="store_true", help="ids 6666 (XXE) and 7777 (slow)")
     p.add_argument("--slow", type=float, default=5.0, help="seconds id 7777 takes")
     return p.parse_args(argv)
