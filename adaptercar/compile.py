@@ -432,12 +432,19 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     )
 
 
-def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any,
-                  process_mode: str | None = None) -> None:
+def _run_examples(c: _Collector, mpath: Path_, op: LineOperation | SoapOperation, m: Any,
+                  process_mode: str | None = None, soap: WsdlBinding | None = None) -> None:
     """`process_mode`: a process backend's mode, so `stderr`/`exit_status` examples are read
-    as that backend reads them (None: a line backend, whose examples have neither)."""
+    as that backend reads them (None: a line backend, whose examples have neither). `soap`:
+    the WSDL of a SOAP method's backend (its examples' `reply` is XML)."""
+    from .backends.soap import run_offline as run_soap_offline
+
     for i, ex in enumerate(m.examples):
         epath = (*mpath, "examples", i)
+        if soap is not None and (ex.stderr is not None or ex.exit_status is not None):
+            c.error(epath, "`stderr` and `exit_status` are for process backends; a SOAP "
+                           "example has a `reply` (the envelope, or what goes in its Body)")
+            continue
         if ex.exit_status is not None and process_mode != "per-call":
             c.error((*epath, "exit_status"), "an exit status is only seen in `mode: per-call` "
                     "(a pooled child's exit is a crash, answered UNAVAILABLE)")
@@ -450,8 +457,13 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any,
             continue
         expect = ex.expect
         try:
-            result = run_offline(op, request, ex.reply, stderr=ex.stderr, exit_status=ex.exit_status,
-                                 per_call=process_mode == "per-call")
+            if isinstance(op, SoapOperation):
+                assert soap is not None
+                result = run_soap_offline(soap, op, request, ex.reply)
+            else:
+                result = run_offline(op, request, ex.reply, stderr=ex.stderr,
+                                     exit_status=ex.exit_status,
+                                     per_call=process_mode == "per-call")
         except CallError as e:
             want = getattr(expect, "error", None)
             if want is None:
@@ -591,8 +603,8 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                     continue  # its config problems are already reported
                 sop = _soap_op(mc, mpath, mp.service, name, m, backend, soap[1], loaded.protoset, env)
                 if sop is not None:
-                    if m.examples:
-                        mc.note((*mpath, "examples"), "examples of SOAP methods are not run yet")
+                    if run_examples:
+                        _run_examples(mc, mpath, sop, m, soap=soap[1])
                     loaded.ops[full] = replace(sop, auth=m.auth or mp.auth or "")
                     loaded.service_backends.setdefault(mp.service, set()).add(backend)
                 continue

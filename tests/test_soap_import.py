@@ -133,6 +133,43 @@ def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) ->
     assert "service OrderAudit {" in next((tmp_path / "audit" / "protos").glob("*.proto")).read_text()
 
 
+def test_examples_of_soap_methods_run_offline_in_check(tmp_path: Path) -> None:
+    config = imported(CRM_WSDL, tmp_path / "out")
+    mapping = next((tmp_path / "out" / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    body = ('<GetCustomerByIdResponse xmlns="urn:example:crm"><customerId>{id}</customerId>'
+            '<fullName>Ada Lovelace</fullName><contact><email>a@x</email></contact>'
+            '</GetCustomerByIdResponse>')
+    envelope = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+                + body.format(id=1) + "</e:Body></e:Envelope>")
+    fault = ('<s:Fault xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><faultcode>s:Server'
+             '</faultcode><faultstring>db down</faultstring></s:Fault>')
+    m["methods"]["GetCustomerById"] = {"examples": [
+        {"request": {"customerId": 1}, "reply": body.format(id=1),
+         "expect": {"customerId": 1, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": envelope,
+         "expect": {"customerId": 1, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": fault, "expect": {"error": "INTERNAL",
+                                                                 "message": "^db down$"}},
+        {"request": {"customerId": 2}, "reply": body.format(id=2),           # fails: id
+         "expect": {"customerId": 3, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": "Internal error",             # fails: UNKNOWN
+         "expect": {"customerId": 1}},
+        {"request": {"customerId": 1}, "reply": body, "stderr": "x",          # not for SOAP
+         "expect": {"customerId": 1}},
+    ]}
+    m["methods"]["SearchCustomers"] = {"examples": [
+        {"request": {"namePrefix": ""}, "expect": {"error": "INVALID_ARGUMENT"}}]}
+    mapping.write_text(yaml.safe_dump(m, sort_keys=False))
+    errs = errors_of(config)
+    assert len(errs) == 3, errs
+    assert "methods.GetCustomerById.examples[3]: example failed: customerId: expected 3, got 2" \
+        in errs[0]
+    assert "examples[4]: example failed: expected a reply, got UNKNOWN: HTTP 200: the SOAP " \
+        "backend sent no SOAP envelope: 'Internal error'" in errs[1]
+    assert "examples[5]: `stderr` and `exit_status` are for process backends" in errs[2]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--package", "Not-A-Package"], "is not a proto package"),
     (["--package", "x.v1", "--service", "Nope"], "no service 'Nope'"),

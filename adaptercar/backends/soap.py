@@ -350,16 +350,7 @@ class SoapBackend:
                 "last_error": self.last_error}
 
     def envelope(self, operation: str, kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        """zeep renders (and escapes, and validates against the schema) the request."""
-        from lxml import etree
-        from zeep.exceptions import Error as ZeepError
-
-        try:
-            env, headers = self.wsdl.binding._create(operation, (), kwargs, client=self.wsdl.client,
-                                                     options={"address": self.wsdl.address})
-        except (ZeepError, TypeError, ValueError) as e:
-            raise CallError(Code.INVALID_ARGUMENT, f"request does not fit the WSDL: {e}") from e
-        return etree.tostring(env, encoding="utf-8", xml_declaration=True), headers
+        return render_envelope(self.wsdl, operation, kwargs)
 
     def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
              extra_headers: dict[str, str], idempotent: bool = False) -> defer.Deferred[Any]:
@@ -448,15 +439,55 @@ class SoapBackend:
         return result
 
     def _deserialize(self, operation: str, envelope: Any, raw: bytes) -> Any:
-        from zeep.exceptions import Error as ZeepError
+        return deserialize(self.wsdl, operation, envelope, raw)
 
-        from ..mapping.soap_operation import snippet
 
-        try:
-            return self.wsdl.operations[operation].process_reply(envelope)
-        except (ZeepError, ValueError, TypeError, AttributeError) as e:
-            raise CallError(Code.UNKNOWN, f"SOAP reply does not fit the WSDL "
-                                          f"({' '.join(str(e).split())[:200]}): {snippet(raw)}") from e
+def render_envelope(wsdl: WsdlBinding, operation: str,
+                    kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """zeep renders (and escapes) the request: the envelope's bytes and the HTTP headers
+    (SOAPAction or the 1.2 Content-Type action, WS-Security applied). No I/O."""
+    from lxml import etree
+    from zeep.exceptions import Error as ZeepError
+
+    try:
+        env, headers = wsdl.binding._create(operation, (), kwargs, client=wsdl.client,
+                                            options={"address": wsdl.address})
+    except (ZeepError, TypeError, ValueError) as e:
+        raise CallError(Code.INVALID_ARGUMENT, f"request does not fit the WSDL: {e}") from e
+    return etree.tostring(env, encoding="utf-8", xml_declaration=True), headers
+
+
+def deserialize(wsdl: WsdlBinding, operation: str, envelope: Any, raw: bytes) -> Any:
+    """A reply envelope (already read by `read_reply`) → zeep's result. No I/O."""
+    from zeep.exceptions import Error as ZeepError
+
+    from ..mapping.soap_operation import snippet
+
+    try:
+        return wsdl.operations[operation].process_reply(envelope)
+    except (ZeepError, ValueError, TypeError, AttributeError) as e:
+        raise CallError(Code.UNKNOWN, f"SOAP reply does not fit the WSDL "
+                                      f"({' '.join(str(e).split())[:200]}): {snippet(raw)}") from e
+
+
+def run_offline(wsdl: WsdlBinding, op: Any, request: Any, reply: str) -> Any:
+    """An `examples:` entry of a SOAP method, as a call would run it minus the HTTP: the
+    request through the mapping and zeep's writer, the canned reply (a whole envelope, or the
+    XML that goes in its Body; text that is not XML stays as it is) through the hardened reader,
+    zeep and the mapping. → the reply message; raises CallError as the call would."""
+    from ..mapping.soap_operation import FaultInfo, read_reply
+    from ..mapping.template import RenderContext
+
+    render_envelope(wsdl, op.operation, op.kwargs(request, RenderContext(request, {})))
+    text = reply.strip()
+    if text.startswith("<") and "Envelope" not in text.split(">", 1)[0]:
+        text = (f'<soap:Envelope xmlns:soap="{wsdl.soap_ns}"><soap:Body>{text}</soap:Body>'
+                f'</soap:Envelope>')
+    raw = text.encode("utf-8")
+    envelope = read_reply(200, raw, wsdl.soap_ns)
+    if isinstance(envelope, FaultInfo):
+        raise op.fault(envelope, request)
+    return op.message(deserialize(wsdl, op.operation, envelope, raw))
 
 
 def _describe(f: Failure) -> str:
