@@ -320,11 +320,15 @@ class SoapBackend:
 
         if self.in_flight:
             return None  # the calls in flight will tell
-        parts = urlsplit(self.wsdl.address)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        ep = HostnameEndpoint(self.reactor, (parts.hostname or "").encode("idna"), port,
-                              timeout=self.spec.connect_timeout)
-        d = ep.connect(protocol.Factory.forProtocol(protocol.Protocol))  # type: ignore[arg-type]
+        try:  # a LoopingCall stops for good on an exception: none may escape
+            parts = urlsplit(self.wsdl.address)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            ep = HostnameEndpoint(self.reactor, (parts.hostname or "").encode("idna"), port,
+                                  timeout=self.spec.connect_timeout)
+            d = ep.connect(protocol.Factory.forProtocol(protocol.Protocol))  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - a malformed address: not ready, say why
+            self._mark(False, f"connect probe: {type(e).__name__}: {e}")
+            return None
 
         def up(p: Any) -> None:
             p.transport.loseConnection()

@@ -145,6 +145,9 @@ _INT_RANGES: tuple[tuple[str, int | None, int | None], ...] = (
 )
 
 
+_XSD_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no exponent, no NaN
+
+
 def value_checker(simple: Any, literals: tuple[str, ...], name: str) -> Callable[[Any], Any]:
     """A value bound for an element of this simple type → the value to send, or
     INVALID_ARGUMENT naming `name` (nothing is sent): text that is not a number for a numeric
@@ -197,13 +200,15 @@ def value_checker(simple: Any, literals: tuple[str, ...], name: str) -> Callable
         def number(v: Any) -> Any:
             if not isinstance(v, str):
                 return v
+            text = v.strip()
+            if exact:
+                if not _XSD_DECIMAL.fullmatch(text):
+                    raise bad(v, "a decimal number")
+                return decimal.Decimal(text)
             try:
-                d = decimal.Decimal(v.strip())
+                return float(decimal.Decimal(text))
             except decimal.InvalidOperation:
-                raise bad(v, "a decimal number" if exact else "a number") from None
-            if exact and not d.is_finite():
-                raise bad(v, "a decimal number")
-            return d if exact else float(d)
+                raise bad(v, "a number") from None
         return number
     if isinstance(simple, b.DateTime | b.Date | b.Time):
         what = {b.DateTime: "an ISO 8601 date and time", b.Date: "an ISO 8601 date"}.get(
