@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,7 +53,7 @@ def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars:
     assert (tmp_path / "out" / "wsdl" / "crm.wsdl").read_bytes() == CRM_WSDL.read_bytes()
     assert errors_of(config) == []
     res = cli("check", "-c", str(config))
-    assert res.returncode == 0 and "3 methods mapped" in res.stdout, res.stderr
+    assert res.returncode == 0 and "4 methods mapped" in res.stdout, res.stderr
     cfg = yaml.safe_load(config.read_text())
     for role in ("grpc", "http", "admin"):
         cfg[role] = {}  # the harness picks free ports
@@ -75,6 +77,30 @@ def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars:
         with pytest.raises(grpc.RpcError) as e:
             stub(req_cls(customerId=42), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # Client fault, no rules
+    # an xsd enumeration is a proto enum and a dateTime a Timestamp, both ways
+    md = ps.services()["crm.v1.CustomerService"].methods_by_name["SetStatus"]
+    set_req: Any = ps.message_class(md.input_type)
+    set_rep: Any = ps.message_class(md.output_type)
+    status_enum = md.input_type.fields_by_name["status"].enum_type
+    with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+        stub = ch.unary_unary("/crm.v1.CustomerService/SetStatus",
+                              request_serializer=set_req.SerializeToString,
+                              response_deserializer=set_rep.FromString)
+        on_hold = status_enum.values_by_name["STATUS_ON_HOLD"].number
+        got = stub(set_req(customerId=2, status=on_hold), timeout=10)
+        assert (got.customerId, got.status) == (2, on_hold)
+        assert status_enum.values_by_number[got.previous].name == "STATUS_ACTIVE"
+        changed = got.changedAt.ToDatetime(tzinfo=dt.UTC)  # the fixture writes it in +01:00
+        assert abs((changed - dt.datetime.now(dt.UTC)).total_seconds()) < 60
+        with pytest.raises(grpc.RpcError) as e:  # required, left unspecified: nothing sent
+            stub(set_req(customerId=2), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details() == "status is required"
+    status, body, _ = sc.http("POST", "/v1/customer-service/SetStatus",
+                              body={"customerId": 2, "status": "STATUS_CLOSED"})
+    assert status == 200, body
+    assert (body["status"], body["previous"]) == ("STATUS_CLOSED", "STATUS_ON_HOLD")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["changedAt"]), body
     status, body, _ = sc.http("POST", "/v1/customer-service/SearchCustomers", body={"namePrefix": "Al"})
     assert status == 200, body
     assert [c["fullName"] for c in body["customer"]] == ["Alan Turing", "Alonzo Church"]

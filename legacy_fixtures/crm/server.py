@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import hashlib
 import sys
 import time
@@ -129,8 +130,32 @@ def update_email(body: etree._Element) -> etree._Element:
     return out
 
 
+STATUSES = ("active", "on-hold", "closed")
+STATUS: dict[int, str] = {}
+#: changedAt is written in this zone, as a service in Paris would: clients must convert.
+ZONE = dt.timezone(dt.timedelta(hours=1))
+
+
+def set_status(body: etree._Element) -> etree._Element:
+    cid = _int(body, "customerId")
+    status = (_text(body, "status") or "").strip()
+    assert cid is not None
+    if status not in STATUSES:
+        raise SoapFault("Client", f"invalid status {status!r} (expected one of {', '.join(STATUSES)})")
+    if cid not in CUSTOMERS:
+        raise SoapFault("Client", f"customer {cid} not found")
+    previous = STATUS.get(cid, "active")
+    STATUS[cid] = status
+    out = etree.Element(q("SetStatusResponse"))
+    etree.SubElement(out, q("customerId")).text = str(cid)
+    etree.SubElement(out, q("status")).text = status
+    etree.SubElement(out, q("previous")).text = previous
+    etree.SubElement(out, q("changedAt")).text = dt.datetime.now(ZONE).isoformat(timespec="seconds")
+    return out
+
+
 HANDLERS = {q("GetCustomerById"): get_customer, q("SearchCustomers"): search,
-            q("UpdateEmail"): update_email}
+            q("UpdateEmail"): update_email, q("SetStatus"): set_status}
 
 
 def check_wsse(header: etree._Element | None, user: str, password: str) -> None:
