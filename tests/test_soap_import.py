@@ -152,6 +152,10 @@ def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) ->
     assert "service OrderService {" in proto  # the first of two services
     assert "int64 order_id = 1;" in proto and "string Ship_To = 2;" in proto
     assert "repeated Category sub_category = 2;" in proto
+    # enumerations from an included schema, and an anonymous one named after its element
+    assert "Currency currency = 2;" in proto and "CURRENCY_GBP = 3;" in proto
+    assert "optional State state = 3;" in proto
+    assert 'STATE_IN_PROGRESS = 2;  // "in progress"' in proto
     mapping = yaml.safe_load(next((out / "mappings").glob("*.yaml")).read_text())
     assert mapping["methods"]["PlaceOrder"] == {"operation": "Place-Order"}
     other = imported(ORDERS_WSDL, tmp_path / "audit", "--service", "OrderAudit", package="shop.v1")

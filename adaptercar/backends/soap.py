@@ -173,9 +173,7 @@ def _enumerations(client: Any) -> dict[str, tuple[str, ...]]:
             root = etree.fromstring(transport.load(location), parser)
         except Exception:  # noqa: BLE001 - zeep read it already; enumerations are a bonus
             continue
-        for schema in (root, *root.iter(f"{_XSD}schema")):
-            if schema.tag != f"{_XSD}schema":
-                continue
+        for schema in root.iter(f"{_XSD}schema"):  # the root itself, or a WSDL's inline ones
             ns = schema.get("targetNamespace", tns)
             for st in schema.iter(f"{_XSD}simpleType"):
                 values = tuple(e.get("value", "") for e in st.iterfind(
