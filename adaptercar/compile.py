@@ -433,12 +433,19 @@ def _line_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     )
 
 
-def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any,
-                  process_mode: str | None = None) -> None:
+def _run_examples(c: _Collector, mpath: Path_, op: LineOperation | SoapOperation, m: Any,
+                  process_mode: str | None = None, soap: WsdlBinding | None = None) -> None:
     """`process_mode`: a process backend's mode, so `stderr`/`exit_status` examples are read
-    as that backend reads them (None: a line backend, whose examples have neither)."""
+    as that backend reads them (None: a line backend, whose examples have neither). `soap`:
+    the WSDL of a SOAP method's backend (its examples' `reply` is XML)."""
+    from .backends.soap import run_offline as run_soap_offline
+
     for i, ex in enumerate(m.examples):
         epath = (*mpath, "examples", i)
+        if soap is not None and (ex.stderr is not None or ex.exit_status is not None):
+            c.error(epath, "`stderr` and `exit_status` are for process backends; a SOAP "
+                           "example has a `reply` (the envelope, or what goes in its Body)")
+            continue
         if ex.exit_status is not None and process_mode != "per-call":
             c.error((*epath, "exit_status"), "an exit status is only seen in `mode: per-call` "
                     "(a pooled child's exit is a crash, answered UNAVAILABLE)")
@@ -451,8 +458,13 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation, m: Any,
             continue
         expect = ex.expect
         try:
-            result = run_offline(op, request, ex.reply, stderr=ex.stderr, exit_status=ex.exit_status,
-                                 per_call=process_mode == "per-call")
+            if isinstance(op, SoapOperation):
+                assert soap is not None
+                result = run_soap_offline(soap, op, request, ex.reply)
+            else:
+                result = run_offline(op, request, ex.reply, stderr=ex.stderr,
+                                     exit_status=ex.exit_status,
+                                     per_call=process_mode == "per-call")
         except CallError as e:
             want = getattr(expect, "error", None)
             if want is None:
@@ -593,8 +605,8 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                     continue  # its config problems are already reported
                 sop = _soap_op(mc, mpath, mp.service, name, m, backend, soap[1], loaded.protoset, env)
                 if sop is not None:
-                    if m.examples:
-                        mc.note((*mpath, "examples"), "examples of SOAP methods are not run yet")
+                    if run_examples:
+                        _run_examples(mc, mpath, sop, m, soap=soap[1])
                     loaded.ops[full] = replace(sop, auth=m.auth or mp.auth or "")
                     loaded.service_backends.setdefault(mp.service, set()).add(backend)
                 continue
@@ -671,8 +683,10 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
             c.note(("backends", name, "soap", "tls", "verify"),
                    "certificates of this endpoint are not checked")
     wsse = None if cfg.wsse is None else (cfg.wsse.username, cfg.wsse.password, cfg.wsse.digest)
+    basic = None if cfg.basic_auth is None else (cfg.basic_auth.username, cfg.basic_auth.password)
     spec = SoapSpec(name=name, wsdl=str(cfg.wsdl), endpoint=cfg.endpoint, service=cfg.service,
-                    port=cfg.port, wsse=wsse, timeout=cfg.timeout, connect_timeout=cfg.connect_timeout,
+                    port=cfg.port, wsse=wsse, basic_auth=basic, timeout=cfg.timeout,
+                    connect_timeout=cfg.connect_timeout,
                     pool_size=cfg.pool.size, max_reply_bytes=cfg.max_reply_bytes, tls=tls)
     try:
         wsdl = load_wsdl(spec)
@@ -688,7 +702,7 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
 
 def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,
              wsdl: WsdlBinding, protoset: ProtoSet, environ: Mapping[str, str]) -> SoapOperation | None:
-    from .backends.soap import reply_wrapper
+    from .backends.soap import enum_values, reply_wrapper
     from .mapping.soap_operation import (
         FAULT_GROUPS,
         FaultRule,
@@ -724,16 +738,20 @@ def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
     in_elems = schema_elems(in_type)
     out_type, wrap_as = reply_wrapper(zop)
     scope = Scope(request=req, env=environ, encoding="utf-8")
+
+    def literals(typ: Any) -> tuple[str, ...]:
+        return enum_values(wsdl, typ)
+
     try:
         if m.request is None:
-            request: Any = compile_request(req, in_type, opname)
+            request: Any = compile_request(req, in_type, opname, literals=literals)
         else:
             def tpl(text: str) -> Template:
                 try:
                     return compile_template(text, scope)
                 except TemplateError as e:
                     raise SoapMappingError(f"template {text!r}: {e}") from e
-            request = compile_explicit_request(req, in_elems, m.request, tpl, "request")
+            request = compile_explicit_request(req, in_elems, m.request, tpl, "request", literals)
     except SoapMappingError as e:
         c.error((*mpath, "request") if m.request is not None else mpath, str(e))
         ok = False
@@ -793,7 +811,7 @@ def _soap_invoker(op: SoapOperation, backend: SoapBackend, drain: Any) -> Any:
         t0 = monotonic()
         drain.enter()
         try:
-            d = backend.call(op.operation, kwargs, timeout, headers)
+            d = backend.call(op.operation, kwargs, timeout, headers, op.idempotent)
         except BaseException:
             drain.leave()
             raise
@@ -829,7 +847,10 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
 
     pools: dict[str, LinePool | ProcessPool | SoapBackend] = {}
     for name, (sspec, wsdl) in loaded.soap.items():
-        pools[name] = SoapBackend(sspec, wsdl, reactor)
+        soap_backend = pools[name] = SoapBackend(sspec, wsdl, reactor)
+        old_soap = (reuse or {}).get(name)
+        if isinstance(old_soap, SoapBackend) and old_soap.wsdl.address == wsdl.address:
+            soap_backend.probe_ok = old_soap.probe_ok  # ready through a reload until re-probed
     for name, spec in loaded.specs.items():
         old = (reuse or {}).get(name)
         if old is not None and old.spec == spec:

@@ -1,4 +1,4 @@
-"""`adaptercar demo [--check]`: the ledger fixture and the sidecar, started together.
+"""`adaptercar demo [--check]`: the ledger and crm fixtures and the sidecar, started together.
 
 The demo is the first thing a new user runs, so it must work on a busy machine (ports taken:
 it picks free ones), must say exactly what to type next, and must clean up after itself.
@@ -47,7 +47,7 @@ class Demo:
     def __init__(self, check: bool) -> None:
         fixed = not check
         self.ports = {
-            "ledger": _pick(7000, fixed), "grpc": _pick(50051, fixed),
+            "ledger": _pick(7000, fixed), "crm": _pick(8081, fixed), "grpc": _pick(50051, fixed),
             "http": _pick(8080, fixed), "admin": _pick(9901, fixed),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -59,22 +59,21 @@ class Demo:
         return {
             **os.environ,
             "LEDGER_ADDR": f"127.0.0.1:{p['ledger']}", "LEDGER_USER": "demo", "LEDGER_PASS": "demo",
+            "CRM_URL": f"http://127.0.0.1:{p['crm']}/crm",
             "GRPC_PORT": str(p["grpc"]), "HTTP_PORT": str(p["http"]), "ADMIN_PORT": str(p["admin"]),
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
 
     def start(self) -> None:
         env = self.env()
-        fixture_log = open(self.logdir / "ledger.log", "wb")  # noqa: SIM115 - lives as long as the child
-        fx = subprocess.Popen(
-            [sys.executable, "-m", "legacy_fixtures.ledger", "--port", str(self.ports["ledger"])],
-            stdout=subprocess.PIPE, stderr=fixture_log, env=env, cwd=ROOT,
-        )
-        self.procs.append(fx)
-        assert fx.stdout is not None
-        line = fx.stdout.readline().decode().strip()
-        if not line.startswith("LISTENING"):
-            raise RuntimeError(f"the ledger fixture did not start (see {self.logdir / 'ledger.log'})")
+        # both fixtures start at once; each says LISTENING when its port is open
+        fixtures = [self._spawn_fixture(name, env) for name in ("ledger", "crm")]
+        for name, fx in fixtures:
+            assert fx.stdout is not None
+            line = fx.stdout.readline().decode().strip()
+            if not line.startswith("LISTENING"):
+                raise RuntimeError(f"the {name} fixture did not start "
+                                   f"(see {self.logdir / f'{name}.log'})")
         sidecar_log = open(self.logdir / "sidecar.log", "wb")  # noqa: SIM115
         sc = subprocess.Popen(
             [sys.executable, "-m", "adaptercar.cli", "run", "-c", str(DEMO_CONFIG)],
@@ -82,6 +81,15 @@ class Demo:
         )
         self.procs.append(sc)
         self.wait_ready(sc)
+
+    def _spawn_fixture(self, name: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        fx = subprocess.Popen(
+            [sys.executable, "-m", f"legacy_fixtures.{name}", "--port", str(self.ports[name])],
+            stdout=subprocess.PIPE, stderr=log, env=env, cwd=ROOT,
+        )
+        self.procs.append(fx)
+        return name, fx
 
     def wait_ready(self, sc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         url = f"http://127.0.0.1:{self.ports['admin']}/readyz"
@@ -114,15 +122,17 @@ class Demo:
         p = self.ports
         h = f"http://127.0.0.1:{p['http']}"
         return f"""
-adaptercar demo: two legacy programs are now also gRPC and JSON/HTTP APIs:
+adaptercar demo: three legacy programs are now also gRPC and JSON/HTTP APIs:
   - the 1990s ledger server (legacy_fixtures/ledger, a TCP line protocol on 127.0.0.1:{p['ledger']})
   - ratequote, a stdin/stdout batch program (legacy_fixtures/ratequote), run as a pool of 2 children
+  - crm, a SOAP CustomerService (legacy_fixtures/crm, http://127.0.0.1:{p['crm']}/crm?wsdl)
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
   admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config, POST /reload)
-  config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml
-  logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log
+  config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml,
+             docs/examples/crm/mapping.yaml
+  logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log, {self.logdir}/crm.log
 
 Try:
   curl {h}/v1/accounts/1001/balance
@@ -133,6 +143,9 @@ Try:
   curl {h}/v1/accounts/9999/balance          # a legacy ERR 404 becomes HTTP 404 / NOT_FOUND
   curl -X POST {h}/ledger.v1.Ledger/GetBalance -d '{{"accountId":"1002"}}'
   curl -X POST {h}/v1/quotes -d '{{"product":"WIDGET","quantity":3,"region":"EU"}}'
+  curl {h}/v1/customers/1                  # a SOAP call: GetCustomerById on the crm service
+  curl '{h}/v1/customers?name_prefix=Al'
+  curl {h}/v1/customers/99                 # a SOAP fault becomes HTTP 404 / NOT_FOUND
   curl {h}/openapi.json
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
 
@@ -185,6 +198,9 @@ def _checks(ports: dict[str, int]) -> list[Check]:
     def rpc_rq(name: str, **fields: Any) -> Callable[[], Any]:
         return rpc_to("ratequote.v1.RateQuote", name, **fields)
 
+    def rpc_crm(name: str, **fields: Any) -> Callable[[], Any]:
+        return rpc_to("customers.v1.Customers", name, **fields)
+
     hp = ports["http"]
     note = "line one\r\nline two with a CRLF inside"
     return [
@@ -229,6 +245,16 @@ def _checks(ports: dict[str, int]) -> list[Check]:
         ("http POST /v1/quotes unknown product -> 404",
          lambda: _http(hp, "POST", "/v1/quotes", {"product": "NOPE", "quantity": 1, "region": "EU"}),
          lambda r: r[0] == 404 and r[1]["code"] == 5),
+        ("grpc Customers.GetCustomer 1 (SOAP)", rpc_crm("GetCustomer", id=1),
+         lambda r: r == ("OK", {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com"})),
+        ("grpc Customers.GetCustomer 99 (SOAP fault) -> NOT_FOUND", rpc_crm("GetCustomer", id=99),
+         lambda r: r == ("NOT_FOUND", "customer 99 not found")),
+        ("http GET /v1/customers?name_prefix=Al (SOAP, array)",
+         lambda: _http(hp, "GET", "/v1/customers?name_prefix=Al"),
+         lambda r: r[0] == 200 and [c["fullName"] for c in r[1]["customer"]]
+         == ["Alan Turing", "Alonzo Church"]),
+        ("http GET /v1/customers/99 (SOAP fault) -> 404", lambda: _http(hp, "GET", "/v1/customers/99"),
+         lambda r: r[0] == 404 and r[1]["code"] == 5),
         ("http GET /openapi.json", lambda: _http(hp, "GET", "/openapi.json"),
          lambda r: r[0] == 200 and "/v1/accounts/{accountId}/balance" in json.dumps(r[1]["paths"])
          or "/v1/accounts/{account_id}/balance" in json.dumps(r[1]["paths"])),
@@ -267,7 +293,8 @@ def run_demo(check: bool = False) -> int:
     try:
         demo.start()
         if check:
-            print(f"adaptercar demo --check: ledger on :{demo.ports['ledger']}, gRPC :{demo.ports['grpc']}, "
+            print(f"adaptercar demo --check: ledger on :{demo.ports['ledger']}, crm on "
+                  f":{demo.ports['crm']}, gRPC :{demo.ports['grpc']}, "
                   f"JSON :{demo.ports['http']}, admin :{demo.ports['admin']}")
             ok = run_checks(demo.ports)
             print("all demo calls answered correctly" if ok else "some demo calls FAILED "

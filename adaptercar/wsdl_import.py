@@ -9,6 +9,7 @@ express is reported per element, and the rest is still written.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .mapping.soap_operation import array_item
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PACKAGE = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*")
@@ -61,10 +64,24 @@ def _scalar(typ: Any) -> str:
         (b.UnsignedLong, "uint64"),
         (b.Byte, "int32"), (b.Short, "int32"), (b.Int, "int32"),
         (b.Long, "int64"), (b.Integer, "int64"),
+        (b.DateTime, TIMESTAMP),
     ):
         if isinstance(typ, cls):
             return proto
-    return "string"  # decimal, dateTime, date, enumerations and every string type: as text
+    return "string"  # decimal (exact), date, time, durations and every string type: as text
+
+
+TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def upper_snake(name: str) -> str:
+    return snake(name).upper() if re.search(r"[A-Za-z0-9]", name) else ""
+
+
+@dataclass
+class _Enum:
+    name: str
+    values: list[tuple[str, str]]  # (proto value name, xsd literal)
 
 
 @dataclass
@@ -79,6 +96,38 @@ class _Builder:
         self.names: set[str] = set()
         self.by_type: dict[int, str] = {}
         self.warnings = warnings
+        self.enum_values: Any = lambda typ: ()
+        self.enums: list[_Enum] = []
+        self.by_enum: dict[str, str] = {}
+        self.value_names: set[str] = set()  # enum values share the package's scope
+        self.timestamp = False
+
+    def enum(self, typ: Any, literals: tuple[str, ...], where: str) -> str:
+        """An xsd enumeration → a proto enum: `<ENUM>_UNSPECIFIED = 0`, then each literal as
+        `<ENUM>_<LITERAL>`, numbered in schema order (the mapping converts by name)."""
+        key = typ.qname.text
+        if key in self.by_enum:
+            return self.by_enum[key]
+        name = self.unique(pascal(typ.qname.localname))
+        self.by_enum[key] = name
+        prefix = upper_snake(name)
+        values = [(self._value(f"{prefix}_UNSPECIFIED"), "")]
+        for lit in literals:
+            base = upper_snake(lit)
+            if not base:
+                self.warnings.append(f"{where}: enumeration value {lit!r} has no letter or digit; "
+                                     f"named {prefix}_VALUE{len(values)}")
+                base = f"VALUE{len(values)}"
+            values.append((self._value(f"{prefix}_{base}"), lit))
+        self.enums.append(_Enum(name, values))
+        return name
+
+    def _value(self, wanted: str) -> str:
+        name, n = wanted, 2
+        while name in self.value_names:
+            name, n = f"{wanted}_{n}", n + 1
+        self.value_names.add(name)
+        return name
 
     def unique(self, name: str) -> str:
         base, n = name, 2
@@ -111,11 +160,16 @@ class _Builder:
             used.add(fname)
             sub = el.type
             many = el.max_occurs == "unbounded" or (isinstance(el.max_occurs, int) and el.max_occurs > 1)
+            item = array_item(sub)
+            if item is not None:  # a SOAP-encoded array: a repeated field of its item type
+                sub, many = item, True
             if getattr(sub, "elements", None):
                 ftype = self.message(pascal(f"{name}_{el_name}"), sub, f"{where}.{el_name}")
                 label = "repeated " if many else ""
             else:
-                ftype = _scalar(sub)
+                literals = self.enum_values(sub)
+                ftype = self.enum(sub, literals, f"{where}.{el_name}") if literals else _scalar(sub)
+                self.timestamp = self.timestamp or ftype == TIMESTAMP
                 label = "repeated " if many else ("optional " if el.min_occurs == 0 else "")
             msg.fields.append(f"  {label}{ftype} {fname} = {number};")
             number += 1
@@ -126,7 +180,7 @@ class _Builder:
 
 def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
                 port: str | None = None) -> ImportResult:
-    from .backends.soap import SoapSpec, WsdlError, load_wsdl, reply_wrapper
+    from .backends.soap import SoapSpec, WsdlError, enum_values, load_wsdl, reply_wrapper
 
     if not _PACKAGE.fullmatch(package):
         raise ImportError_(f"--package {package!r} is not a proto package (like crm.v1)")
@@ -144,6 +198,7 @@ def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
     name = snake(bound.service)
     svc_name = pascal(bound.service)
     b = _Builder(result.warnings)
+    b.enum_values = lambda typ: enum_values(bound, typ)
     b.names.add(svc_name)
     rpcs, methods = [], {}
     for opname in sorted(bound.operations):
@@ -161,10 +216,15 @@ def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
         methods[rpc] = {} if rpc == opname else {"operation": opname}
     proto = ["// Generated by `adaptercar import-wsdl` from " + Path(wsdl).name + ".",
              'syntax = "proto3";', "", f"package {package};", "",
-             'import "google/api/annotations.proto";', "", f"service {svc_name} {{",
-             *rpcs, "}", ""]
+             'import "google/api/annotations.proto";',
+             *(['import "google/protobuf/timestamp.proto";'] if b.timestamp else []), "",
+             f"service {svc_name} {{", *rpcs, "}", ""]
     for m in b.messages:
         proto += [f"message {m.name} {{", *m.fields, "}", ""]
+    for en in b.enums:
+        proto += [f"enum {en.name} {{", *(f"  {v} = {i};  // {json.dumps(lit)}" if lit else
+                                          f"  {v} = {i};" for i, (v, lit) in enumerate(en.values)),
+                  "}", ""]
     out.mkdir(parents=True, exist_ok=True)
     wsdl_dir = out / "wsdl"
     local = _copy_wsdl(Path(wsdl), wsdl_dir, result)

@@ -53,7 +53,7 @@ def test_the_demo_config_passes() -> None:
     r = check(DEMO, ROOT, LEDGER_USER="demo", LEDGER_PASS="demo")
     assert r.code == 0, r.text
     assert r.err == []
-    assert r.out == ["examples/demo/adaptercar.yaml: OK (7 methods mapped, 2 backends)"]
+    assert r.out == ["examples/demo/adaptercar.yaml: OK (10 methods mapped, 3 backends)"]
 
 
 def test_the_demo_config_needs_its_login_variables() -> None:

@@ -282,6 +282,7 @@ def _models() -> dict[str, tuple[type[BaseModel], set[str]]]:
         "shutdown": (s.Shutdown, set()), "workers": (s.Workers, set()),
         "soap": (s.SoapBackend, set()), "wsse": (s.Wsse, set()),
         "server_tls": (s.ServerTls, set()), "client_tls": (s.ClientTls, set()),
+        "basic_auth": (s.BasicAuth, set()),
         "mapping": (ms.MappingFile, set()), "method": (ms.MethodMapping, {"request", "response"}),
         "fault": (ms.Fault, set()), "fault_match": (ms.FaultMatch, set()),
         "rule": (ms.Rule, {"match"}), "each": (ms.Each, {"into"}), "example": (ms.Example, set()),
@@ -618,17 +619,23 @@ def start_sidecar(config: Path, tmp: Path, env: dict[str, str], single_process: 
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """The demo as `make demo` runs it: the ledger fixture and `adaptercar run` (supervisor and
     workers) on examples/demo/adaptercar.yaml."""
+    from tests.test_soap_fixture import start_crm
+
     tmp = tmp_path_factory.mktemp("demo")
     ledger = start_ledger(tmp, journal=False)
+    crm = start_crm()
     try:
         target, started = start_sidecar(ROOT / "examples" / "demo" / "adaptercar.yaml", tmp,
-                                        {**DEMO_ENV, "LEDGER_ADDR": ledger.address}, False)
+                                        {**DEMO_ENV, "LEDGER_ADDR": ledger.address,
+                                         "CRM_URL": crm.url}, False)
     except Exception:
         ledger.stop()
+        crm.stop()
         raise
     yield target
     started.stop()
     ledger.stop()
+    crm.stop()
 
 
 def _check_access_logs(target: Target) -> None:

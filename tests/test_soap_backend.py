@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from adaptercar.protos import compile_protos
 from tests.harness import ROOT, free_port
@@ -91,8 +92,54 @@ def test_username_token_accepted_and_rejected(sidecars: Any, digest: bool) -> No
         fx.stop()
 
 
+def test_basic_auth_accepted_rejected_and_hidden(sidecars: Any) -> None:
+    fx = start_crm("--basic-auth", "bob:pa55")
+    try:
+        good = sidecars(config(fx.url, basic_auth={"username": "bob", "password": "${CRM_PASS}"}),
+                        single_process=True, env={"CRM_PASS": "pa55"})
+        assert call(good, "GetCustomer", id=3).name == "Grace Hopper"
+        shown = good.admin("/config")[1]["config"]["backends"]["crm"]["soap"]["basic_auth"]
+        assert shown == {"username": "bob", "password": "***"}
+        bad = sidecars(config(fx.url, basic_auth={"username": "bob", "password": "wrong"}),
+                       single_process=True)
+        with pytest.raises(grpc.RpcError) as e:
+            call(bad, "GetCustomer", id=3)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "HTTP 401" in (e.value.details() or "")
+        status, _, _ = bad.http("GET", "/v1/customers/3")
+        assert status == 401
+        none = sidecars(config(fx.url), single_process=True)
+        with pytest.raises(grpc.RpcError) as e:
+            call(none, "GetCustomer", id=3)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        fx.stop()
+
+
+def test_template_value_of_the_wrong_type_is_refused_before_sending(sidecars: Any,
+                                                                   tmp_path: Path) -> None:
+    mapping = yaml.safe_load((CRM_DIR / "crm.yaml").read_text())
+    mapping["methods"]["GetCustomer"]["request"] = {"customerId": "{id}x"}
+    (tmp_path / "crm.yaml").write_text(yaml.safe_dump(mapping))
+    cfg = config(f"http://127.0.0.1:{free_port()}/crm")  # nobody there: a call sent is UNAVAILABLE
+    cfg["mappings"] = [str(tmp_path / "crm.yaml")]
+    sc = sidecars(cfg, single_process=True, wait_ready=False)  # never ready: nobody there
+    with pytest.raises(grpc.RpcError) as e:
+        call(sc, "GetCustomer", id=1)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == "customerId (rendered from '{id}x'): '1x' is not an xsd:int"
+    status, body, _ = sc.http("GET", "/v1/customers/2")
+    assert status == 400 and "'2x' is not an xsd:int" in body["message"]
+
+
 def test_backend_down_is_unavailable(sidecars: Any) -> None:
-    sc = sidecars(config(f"http://127.0.0.1:{free_port()}/crm"), single_process=True)
+    sc = sidecars(config(f"http://127.0.0.1:{free_port()}/crm"), single_process=True,
+                  wait_ready=False)
+    state = wait_for(lambda: _readyz(sc), lambda r: r[1]["workers"]["single"]["backends"]["crm"]
+                     ["last_error"])
+    assert state[0] == 503 and state[1]["ready"] is False
+    assert "connect probe: ConnectionRefusedError" in \
+        state[1]["workers"]["single"]["backends"]["crm"]["last_error"]
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         call(sc, "GetCustomer", id=1)
@@ -100,6 +147,61 @@ def test_backend_down_is_unavailable(sidecars: Any) -> None:
     assert time.monotonic() - t0 < 1.5  # refused: fails fast, not at the timeout
     status, body, _ = sc.http("GET", "/v1/customers/1")
     assert status == 503, body
+
+
+def _readyz(sc: Any) -> tuple[int, Any]:
+    return sc.admin("/readyz")  # type: ignore[no-any-return]
+
+
+def wait_for(get: Any, good: Any, timeout: float = 10.0) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = get()
+        if good(value) or time.monotonic() > end:
+            return value
+        time.sleep(0.1)
+
+
+def test_readiness_follows_the_endpoint(sidecars: Any) -> None:
+    port = free_port()
+    fx = start_crm("--port", str(port))
+    try:
+        sc = sidecars(config(fx.url), single_process=True)  # ready: the connect probe passed
+        assert _readyz(sc)[0] == 200
+        fx.stop()
+        with pytest.raises(grpc.RpcError) as e:
+            call(sc, "GetCustomer", id=1)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        status, body = wait_for(lambda: _readyz(sc), lambda r: r[0] == 503, timeout=3)
+        assert status == 503 and body["workers"]["single"]["backends"]["crm"]["ready"] is False
+        fx = start_crm("--port", str(port))
+        status, _ = wait_for(lambda: _readyz(sc), lambda r: r[0] == 200, timeout=10)
+        assert status == 200  # the next probe (every 5 s) saw it back
+        assert call(sc, "GetCustomer", id=1).id == 1
+    finally:
+        fx.stop()
+
+
+def test_stale_keep_alive_connection_is_retried_only_for_idempotent_methods(sidecars: Any) -> None:
+    fx = start_crm("--drop-idle", "0.3")  # resets a connection reused after 0.3 s idle
+    try:
+        sc = sidecars(config(fx.url), single_process=True)
+        assert call(sc, "GetCustomer", id=1).id == 1  # leaves a connection in the pool
+        time.sleep(0.6)
+        # it is reset without a reply; UpdateEmail is not idempotent: the caller decides
+        with pytest.raises(grpc.RpcError) as e:
+            call(sc, "UpdateEmail", customer_id=3, email="grace@navy.example")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not retried: the method is not idempotent" in (e.value.details() or "")
+        assert call(sc, "GetCustomer", id=3).email == "grace@example.com"  # never applied
+        time.sleep(0.6)
+        # the same again for GetCustomer, which is idempotent: sent again on a fresh connection
+        assert call(sc, "GetCustomer", id=2).name == "Alan Turing"
+        time.sleep(0.6)
+        status, body, _ = sc.http("GET", "/v1/customers/4")
+        assert status == 200 and body["name"] == "Alonzo Church"
+    finally:
+        fx.stop()
 
 
 def test_slow_backend_deadline_and_other_calls_still_served(crm: Crm, sidecars: Any) -> None:

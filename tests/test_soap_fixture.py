@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,6 +79,11 @@ def test_operations_and_faults(crm: Crm, port: str) -> None:
         svc.UpdateEmail(customerId=2, email="not an address")  # type: ignore[attr-defined]
     ok = svc.UpdateEmail(customerId=2, email="turing@example.com")  # type: ignore[attr-defined]
     assert ok.updated is True
+    changed = svc.SetStatus(customerId=4, status="on-hold")  # type: ignore[attr-defined]
+    assert (changed.status, changed.previous) == ("on-hold", "active")
+    assert changed.changedAt.utcoffset() == dt.timedelta(hours=1)  # a zone clients must convert
+    with pytest.raises(zeep.exceptions.Fault, match="invalid status 'asleep'"):
+        svc.SetStatus(customerId=4, status="asleep")  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("digest", [False, True])

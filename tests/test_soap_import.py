@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,9 @@ def imported(wsdl: Path, out: Path, *extra: str, package: str = "crm.v1") -> Pat
     return out / "adaptercar.yaml"
 
 
+CORPUS = sorted([CRM_WSDL, *(ROOT / "tests" / "wsdl").rglob("*.wsdl")])
+
+
 def errors_of(config: Path) -> list[str]:
     return [p.format() for p in load_all(config, environ={}).errors]
 
@@ -48,7 +53,7 @@ def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars:
     assert (tmp_path / "out" / "wsdl" / "crm.wsdl").read_bytes() == CRM_WSDL.read_bytes()
     assert errors_of(config) == []
     res = cli("check", "-c", str(config))
-    assert res.returncode == 0 and "3 methods mapped" in res.stdout, res.stderr
+    assert res.returncode == 0 and "4 methods mapped" in res.stdout, res.stderr
     cfg = yaml.safe_load(config.read_text())
     for role in ("grpc", "http", "admin"):
         cfg[role] = {}  # the harness picks free ports
@@ -72,12 +77,69 @@ def test_crm_import_checks_and_answers_calls(tmp_path: Path, crm: Crm, sidecars:
         with pytest.raises(grpc.RpcError) as e:
             stub(req_cls(customerId=42), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # Client fault, no rules
+    # an xsd enumeration is a proto enum and a dateTime a Timestamp, both ways
+    md = ps.services()["crm.v1.CustomerService"].methods_by_name["SetStatus"]
+    set_req: Any = ps.message_class(md.input_type)
+    set_rep: Any = ps.message_class(md.output_type)
+    status_enum = md.input_type.fields_by_name["status"].enum_type
+    with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+        stub = ch.unary_unary("/crm.v1.CustomerService/SetStatus",
+                              request_serializer=set_req.SerializeToString,
+                              response_deserializer=set_rep.FromString)
+        on_hold = status_enum.values_by_name["STATUS_ON_HOLD"].number
+        got = stub(set_req(customerId=2, status=on_hold), timeout=10)
+        assert (got.customerId, got.status) == (2, on_hold)
+        assert status_enum.values_by_number[got.previous].name == "STATUS_ACTIVE"
+        changed = got.changedAt.ToDatetime(tzinfo=dt.UTC)  # the fixture writes it in +01:00
+        assert abs((changed - dt.datetime.now(dt.UTC)).total_seconds()) < 60
+        with pytest.raises(grpc.RpcError) as e:  # required, left unspecified: nothing sent
+            stub(set_req(customerId=2), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details() == "status is required"
+    status, body, _ = sc.http("POST", "/v1/customer-service/SetStatus",
+                              body={"customerId": 2, "status": "STATUS_CLOSED"})
+    assert status == 200, body
+    assert (body["status"], body["previous"]) == ("STATUS_CLOSED", "STATUS_ON_HOLD")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["changedAt"]), body
     status, body, _ = sc.http("POST", "/v1/customer-service/SearchCustomers", body={"namePrefix": "Al"})
     assert status == 200, body
     assert [c["fullName"] for c in body["customer"]] == ["Alan Turing", "Alonzo Church"]
     status, body, _ = sc.http("POST", "/v1/customer-service/UpdateEmail",
                               body={"customerId": 4, "email": "church@example.com"})
     assert status == 200 and body == {"customerId": 4, "email": "church@example.com", "updated": True}
+
+
+@pytest.mark.parametrize("wsdl", CORPUS, ids=lambda p: p.name)
+def test_every_wsdl_of_the_corpus_imports_and_checks(tmp_path: Path, wsdl: Path) -> None:
+    """document/literal wrapped and bare, rpc/literal, rpc/encoded with SOAP-encoded arrays,
+    SOAP 1.2 only, imports and includes: whatever the style, the output passes `check`."""
+    config = imported(wsdl, tmp_path / "out", package="corpus.v1")
+    assert errors_of(config) == []
+    res = cli("check", "-c", str(config))
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+
+
+def test_rpc_styles_and_encoded_arrays(tmp_path: Path) -> None:
+    inventory = imported(ROOT / "tests" / "wsdl" / "inventory" / "inventory.wsdl", tmp_path / "inv")
+    proto = next((inventory.parent / "protos").glob("*.proto")).read_text()
+    # soapenc:Array of i:Item / of xsd:string → repeated fields of the item type
+    assert "repeated Item items = 1;" in proto and "repeated string tags = 2;" in proto
+    assert "int32 quantity = 3;" in proto
+    weather = imported(ROOT / "tests" / "wsdl" / "weather" / "weather.wsdl", tmp_path / "weather")
+    proto = next((weather.parent / "protos").glob("*.proto")).read_text()
+    # rpc/literal: the request message holds the parts, the reply the output's parts
+    assert "message GetForecastRequest {\n  string city = 1;\n  int32 days = 2;" in proto
+
+
+def test_a_schema_imported_by_an_unknown_url_is_not_fetched(tmp_path: Path) -> None:
+    text = (ROOT / "tests" / "wsdl" / "inventory" / "inventory.wsdl").read_text().replace(
+        '<xsd:import namespace="http://schemas.xmlsoap.org/wsdl/"/>',
+        '<xsd:import namespace="urn:x" schemaLocation="http://schemas.example.com/x.xsd"/>')
+    (tmp_path / "remote.wsdl").write_text(text)
+    res = cli("import-wsdl", str(tmp_path / "remote.wsdl"), "--package", "x.v1", "--out",
+              str(tmp_path / "o"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "http://schemas.example.com/x.xsd, which is not fetched" in res.stderr
 
 
 def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) -> None:
@@ -90,11 +152,52 @@ def test_soap12_only_imports_includes_recursion_and_odd_names(tmp_path: Path) ->
     assert "service OrderService {" in proto  # the first of two services
     assert "int64 order_id = 1;" in proto and "string Ship_To = 2;" in proto
     assert "repeated Category sub_category = 2;" in proto
+    # enumerations from an included schema, and an anonymous one named after its element
+    assert "Currency currency = 2;" in proto and "CURRENCY_GBP = 3;" in proto
+    assert "optional State state = 3;" in proto
+    assert 'STATE_IN_PROGRESS = 2;  // "in progress"' in proto
     mapping = yaml.safe_load(next((out / "mappings").glob("*.yaml")).read_text())
     assert mapping["methods"]["PlaceOrder"] == {"operation": "Place-Order"}
     other = imported(ORDERS_WSDL, tmp_path / "audit", "--service", "OrderAudit", package="shop.v1")
     assert errors_of(other) == []
     assert "service OrderAudit {" in next((tmp_path / "audit" / "protos").glob("*.proto")).read_text()
+
+
+def test_examples_of_soap_methods_run_offline_in_check(tmp_path: Path) -> None:
+    config = imported(CRM_WSDL, tmp_path / "out")
+    mapping = next((tmp_path / "out" / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    body = ('<GetCustomerByIdResponse xmlns="urn:example:crm"><customerId>{id}</customerId>'
+            '<fullName>Ada Lovelace</fullName><contact><email>a@x</email></contact>'
+            '</GetCustomerByIdResponse>')
+    envelope = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+                + body.format(id=1) + "</e:Body></e:Envelope>")
+    fault = ('<s:Fault xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><faultcode>s:Server'
+             '</faultcode><faultstring>db down</faultstring></s:Fault>')
+    m["methods"]["GetCustomerById"] = {"examples": [
+        {"request": {"customerId": 1}, "reply": body.format(id=1),
+         "expect": {"customerId": 1, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": envelope,
+         "expect": {"customerId": 1, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": fault, "expect": {"error": "INTERNAL",
+                                                                 "message": "^db down$"}},
+        {"request": {"customerId": 2}, "reply": body.format(id=2),           # fails: id
+         "expect": {"customerId": 3, "fullName": "Ada Lovelace", "contact": {"email": "a@x"}}},
+        {"request": {"customerId": 1}, "reply": "Internal error",             # fails: UNKNOWN
+         "expect": {"customerId": 1}},
+        {"request": {"customerId": 1}, "reply": body, "stderr": "x",          # not for SOAP
+         "expect": {"customerId": 1}},
+    ]}
+    m["methods"]["SearchCustomers"] = {"examples": [
+        {"request": {"namePrefix": ""}, "expect": {"error": "INVALID_ARGUMENT"}}]}
+    mapping.write_text(yaml.safe_dump(m, sort_keys=False))
+    errs = errors_of(config)
+    assert len(errs) == 3, errs
+    assert "methods.GetCustomerById.examples[3]: example failed: customerId: expected 3, got 2" \
+        in errs[0]
+    assert "examples[4]: example failed: expected a reply, got UNKNOWN: HTTP 200: the SOAP " \
+        "backend sent no SOAP envelope: 'Internal error'" in errs[1]
+    assert "examples[5]: `stderr` and `exit_status` are for process backends" in errs[2]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -90,7 +90,10 @@ def test_any_bytes_give_an_envelope_a_fault_or_a_call_error(status: int, body: b
     try:
         out = read_reply(status, body, SOAP11)
     except CallError as e:
-        assert e.code in (Code.UNAVAILABLE, Code.UNKNOWN)
+        assert e.code in (Code.UNAVAILABLE, Code.UNKNOWN, Code.UNAUTHENTICATED,
+                          Code.PERMISSION_DENIED)
+        if e.code in (Code.UNAUTHENTICATED, Code.PERMISSION_DENIED):
+            assert status in (401, 403)
         return
     assert isinstance(out, FaultInfo | etree._Element)
 
@@ -127,3 +130,69 @@ def test_rules_compare_client_and_sender_alike() -> None:
     assert fault_error(rules, FaultInfo("Client", (), "not found", ""), None).code == Code.NOT_FOUND
     assert fault_error(rules, FaultInfo("Client", (), "bad", ""), None).code == Code.INVALID_ARGUMENT
     assert fault_error(rules, FaultInfo("Server", (), "x", ""), None).code == Code.UNAVAILABLE
+
+
+# --- request values against XML Schema simple types -----------------------------------------
+
+_XSD_INTS = {"Byte": (-(2**7), 2**7 - 1), "Short": (-(2**15), 2**15 - 1),
+             "Int": (-(2**31), 2**31 - 1), "Long": (-(2**63), 2**63 - 1),
+             "UnsignedByte": (0, 255), "UnsignedInt": (0, 2**32 - 1),
+             "PositiveInteger": (1, None), "NonPositiveInteger": (None, 0)}
+
+
+@given(st.sampled_from(sorted(_XSD_INTS)), st.one_of(
+    st.integers(-(2**65), 2**65), st.integers(-(2**65), 2**65).map(str),
+    st.text(max_size=12)))
+def test_integer_values_are_accepted_exactly_when_the_xsd_type_holds_them(
+        name: str, value: object) -> None:
+    from zeep.xsd.types import builtins as b
+
+    from adaptercar.mapping.soap_operation import value_checker
+
+    check = value_checker(getattr(b, name)(), (), "f")
+    lo, hi = _XSD_INTS[name]
+    try:
+        n = value if isinstance(value, int) else int(str(value).strip())
+        fits = (lo is None or n >= lo) and (hi is None or n <= hi)
+    except ValueError:
+        fits = False
+    if fits:
+        assert check(value) == n
+    else:
+        with pytest.raises(CallError) as e:
+            check(value)
+        assert e.value.code == Code.INVALID_ARGUMENT and e.value.message.startswith("f: ")
+
+
+@given(st.text(max_size=12))
+def test_enumerations_accept_only_their_literals(value: str) -> None:
+    from zeep.xsd.types import builtins as b
+
+    from adaptercar.mapping.soap_operation import value_checker
+
+    check = value_checker(b.String(), ("C", "F", "partly-cloudy"), "unit")
+    if value in ("C", "F", "partly-cloudy"):
+        assert check(value) == value
+    else:
+        with pytest.raises(CallError, match="^unit: .* is not one of C, F, partly-cloudy$"):
+            check(value)
+
+
+@pytest.mark.parametrize("typ,good,bad", [
+    ("Boolean", ["true", "0", True], ["yes", "TRUE "]),
+    ("Decimal", ["1.50", "-0", "+.5", " 7 "], ["NaN", "Infinity", "1,5", "", "1e3"]),
+    ("Double", ["1.5", "NaN", "-INF"], ["one", ""]),
+    ("DateTime", ["2026-12-05T01:30:00Z", "2026-12-05T01:30:00+01:00"], ["2026-13-01T00:00:00", "now"]),
+    ("Date", ["2026-12-05"], ["05/12/2026"]),
+])
+def test_other_simple_types(typ: str, good: list[object], bad: list[str]) -> None:
+    from zeep.xsd.types import builtins as b
+
+    from adaptercar.mapping.soap_operation import value_checker
+
+    check = value_checker(getattr(b, typ)(), (), "v")
+    for value in good:
+        check(value)
+    for value in bad:
+        with pytest.raises(CallError):
+            check(value)

@@ -359,6 +359,13 @@ class Wsse(Strict):
     """PasswordDigest instead of PasswordText."""
 
 
+class BasicAuth(Strict):
+    """HTTP basic authentication towards the service (an `Authorization` header per request)."""
+
+    username: str
+    password: Annotated[str, SECRET]
+
+
 class SoapBackend(Strict):
     wsdl: PathOrUrl
     endpoint: str | None = None
@@ -368,6 +375,7 @@ class SoapBackend(Strict):
     port: str | None = None
     """Picks the binding (SOAP 1.1 or 1.2); default: the first SOAP 1.1 port."""
     wsse: Wsse | None = None
+    basic_auth: BasicAuth | None = None
     timeout: PositiveDuration = 2.0
     connect_timeout: PositiveDuration = 1.0
     pool: Pool = Field(default_factory=Pool)

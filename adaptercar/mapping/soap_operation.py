@@ -52,6 +52,15 @@ class Elem:
     required: bool
     many: bool
     complex: Any  # the zeep complex type; None: a simple type
+    simple: Any = None  # the zeep simple type (None for a complex one)
+
+
+def array_item(zeep_type: Any) -> Any:
+    """The item type of a SOAP-encoded array (a restriction of soapenc:Array whose
+    `wsdl:arrayType` names it), else None. zeep renders a list as its items and reads the items
+    back as a list, so such an element maps to a repeated field of the item type."""
+    attr = getattr(zeep_type, "_array_type", None)
+    return getattr(attr, "array_type", None) if attr is not None else None
 
 
 def schema_elems(zeep_type: Any) -> tuple[Elem, ...]:
@@ -60,10 +69,15 @@ def schema_elems(zeep_type: Any) -> tuple[Elem, ...]:
     for name, el in getattr(zeep_type, "elements", ()):
         sub = getattr(el, "type", None)
         max_occurs = getattr(el, "max_occurs", 1)
+        many = max_occurs == "unbounded" or (isinstance(max_occurs, int) and max_occurs > 1)
+        item = array_item(sub)
+        if item is not None:
+            sub, many = item, True
+        is_complex = bool(getattr(sub, "elements", None))
         out.append(Elem(name=name, required=getattr(el, "min_occurs", 1) >= 1
-                        and not getattr(el, "nillable", False),
-                        many=max_occurs == "unbounded" or (isinstance(max_occurs, int) and max_occurs > 1),
-                        complex=sub if getattr(sub, "elements", None) else None))
+                        and not getattr(el, "nillable", False) and item is None,
+                        many=many, complex=sub if is_complex else None,
+                        simple=None if is_complex else sub))
     return tuple(out)
 
 
@@ -74,13 +88,142 @@ _Memo = dict[tuple[str, int], Any]
 
 _TS = "google.protobuf.Timestamp"
 
+#: The enumeration values of a zeep simple type (() when it has none): zeep keeps no facets,
+#: so the backend reads them from the schema and hands this lookup to the compiler.
+Literals = Callable[[Any], tuple[str, ...]]
 
-def _to_zeep_scalar(fd: FieldDescriptor) -> Callable[[Any], Any]:
-    if fd.enum_type is not None:
-        names = {v.number: v.name for v in fd.enum_type.values}
+
+def _no_literals(_typ: Any) -> tuple[str, ...]:
+    return ()
+
+
+_UNSET = object()  # an enum's zero value that the schema has no literal for: "not given"
+
+
+def _enum_to_xsd(fd: FieldDescriptor, literals: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Proto enum number → the schema's literal, matched by name the way import-wsdl names
+    values (`SKY_PARTLY_CLOUDY` ↔ `partly-cloudy`); without literals, the value's name."""
+    assert fd.enum_type is not None
+    names = {v.number: v.name for v in fd.enum_type.values}
+    if not literals:
         return lambda v: names.get(v, str(v))
+    prefix = norm(fd.enum_type.name)
+    by_norm: dict[str, str] = {}
+    for lit in literals:
+        by_norm.setdefault(norm(lit), lit)
+        by_norm.setdefault(prefix + norm(lit), lit)
+    table = {v.number: by_norm[norm(v.name)] for v in fd.enum_type.values if norm(v.name) in by_norm}
+
+    def conv(v: Any) -> Any:
+        lit = table.get(v)
+        if lit is not None:
+            return lit
+        if v == 0:
+            return _UNSET
+        raise CallError(Code.INVALID_ARGUMENT, f"{fd.name}: {names.get(v, v)} is not one of the "
+                                               f"values the service accepts")
+    return conv
+
+
+def _to_zeep_scalar(fd: FieldDescriptor, check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    if fd.enum_type is not None:
+        return check
     if fd.message_type is not None and fd.message_type.full_name == _TS:
         return lambda v: v.ToDatetime(tzinfo=dt.UTC)
+    return check
+
+
+# --- values against the schema's simple types ---------------------------------------------
+
+_INT_RANGES: tuple[tuple[str, int | None, int | None], ...] = (
+    ("UnsignedByte", 0, 2**8 - 1), ("UnsignedShort", 0, 2**16 - 1),
+    ("UnsignedInt", 0, 2**32 - 1), ("UnsignedLong", 0, 2**64 - 1),
+    ("PositiveInteger", 1, None), ("NonNegativeInteger", 0, None),
+    ("NegativeInteger", None, -1), ("NonPositiveInteger", None, 0),
+    ("Byte", -(2**7), 2**7 - 1), ("Short", -(2**15), 2**15 - 1),
+    ("Int", -(2**31), 2**31 - 1), ("Long", -(2**63), 2**63 - 1), ("Integer", None, None),
+)
+
+
+_XSD_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # no exponent, no NaN
+
+
+def value_checker(simple: Any, literals: tuple[str, ...], name: str) -> Callable[[Any], Any]:
+    """A value bound for an element of this simple type → the value to send, or
+    INVALID_ARGUMENT naming `name` (nothing is sent): text that is not a number for a numeric
+    type, a number out of the type's range, a literal the enumeration does not list. Decided
+    at compile time; per call it is one call. zeep does not check values itself."""
+    from zeep.xsd.types import builtins as b
+
+    def bad(v: Any, what: str) -> CallError:
+        return CallError(Code.INVALID_ARGUMENT, f"{name}: {quote_raw(str(v))} is not {what}")
+
+    if literals:
+        allowed = frozenset(literals)
+        shown = ", ".join(literals[:8]) + (", ..." if len(literals) > 8 else "")
+
+        def enum(v: Any) -> Any:
+            if v is _UNSET or str(v) in allowed:
+                return v
+            raise bad(v, f"one of {shown}")
+        return enum
+    for cls_name, lo, hi in _INT_RANGES:
+        if isinstance(simple, getattr(b, cls_name)):
+            label = f"an xsd:{cls_name[:1].lower()}{cls_name[1:]}"
+
+            def integer(v: Any, lo: int | None = lo, hi: int | None = hi,
+                        label: str = label) -> Any:
+                if isinstance(v, bool):
+                    raise bad(v, label)
+                try:
+                    n = v if isinstance(v, int) else int(str(v).strip())
+                except ValueError:
+                    raise bad(v, label) from None
+                if (lo is not None and n < lo) or (hi is not None and n > hi):
+                    raise bad(v, f"{label} in range")
+                return n
+            return integer
+    if isinstance(simple, b.Boolean):
+        def boolean(v: Any) -> Any:
+            if isinstance(v, bool):
+                return v
+            text = str(v).strip()
+            if text in ("true", "1"):
+                return True
+            if text in ("false", "0"):
+                return False
+            raise bad(v, "a boolean (true, false, 1, 0)")
+        return boolean
+    if isinstance(simple, b.Decimal | b.Float | b.Double):
+        exact = isinstance(simple, b.Decimal)
+
+        def number(v: Any) -> Any:
+            if not isinstance(v, str):
+                return v
+            text = v.strip()
+            if exact:
+                if not _XSD_DECIMAL.fullmatch(text):
+                    raise bad(v, "a decimal number")
+                return decimal.Decimal(text)
+            try:
+                return float(decimal.Decimal(text))
+            except decimal.InvalidOperation:
+                raise bad(v, "a number") from None
+        return number
+    if isinstance(simple, b.DateTime | b.Date | b.Time):
+        what = {b.DateTime: "an ISO 8601 date and time", b.Date: "an ISO 8601 date"}.get(
+            type(simple), "an ISO 8601 time")
+        parse = simple.pythonvalue
+
+        def when(v: Any) -> Any:
+            if not isinstance(v, str):
+                return v
+            try:
+                parse(v.strip())
+            except Exception:  # noqa: BLE001 - isodate raises several kinds
+                raise bad(v, what) from None
+            return v.strip()
+        return when
     return lambda v: v
 
 
@@ -109,6 +252,9 @@ class RequestPlan:
             value = getattr(msg, f.attr)
             if f.repeated:
                 items = [f.sub.build(v, f"{where}{f.attr}.") if f.sub else f.conv(v) for v in value]
+                if _UNSET in items:
+                    raise CallError(Code.INVALID_ARGUMENT, f"{where}{f.attr}: the zero value of "
+                                                           f"an enum is not an item")
                 if f.required and not items:
                     raise CallError(Code.INVALID_ARGUMENT, f"{where}{f.attr} is required (at least one)")
                 out[f.elem] = items
@@ -119,12 +265,28 @@ class RequestPlan:
                 continue
             if f.is_string and f.required and value == "":
                 raise CallError(Code.INVALID_ARGUMENT, f"{where}{f.attr} is required")
-            out[f.elem] = f.sub.build(value, f"{where}{f.attr}.") if f.sub else f.conv(value)
+            v = f.sub.build(value, f"{where}{f.attr}.") if f.sub else f.conv(value)
+            if v is _UNSET:  # an enum left at its zero value
+                if f.required:
+                    raise CallError(Code.INVALID_ARGUMENT, f"{where}{f.attr} is required")
+                continue
+            out[f.elem] = v
         return out
 
 
+def _scalar_conv(fd: FieldDescriptor, el: Elem, literals: Literals,
+                 name: str) -> Callable[[Any], Any]:
+    """Proto value → what zeep gets for this element, checked against its simple type."""
+    lits = literals(el.simple) if el.simple is not None else ()
+    check = value_checker(el.simple, lits, name) if el.simple is not None else (lambda v: v)
+    if fd.enum_type is not None:
+        to_xsd = _enum_to_xsd(fd, lits)
+        return lambda v: check(to_xsd(v))
+    return _to_zeep_scalar(fd, check)
+
+
 def compile_request(desc: Descriptor, zeep_type: Any, where: str,
-                    memo: _Memo | None = None) -> RequestPlan:
+                    memo: _Memo | None = None, literals: Literals = _no_literals) -> RequestPlan:
     """Proto fields matched to elements by name; an element the schema requires that no
     field feeds, or a field that matches no element, is a mapping error."""
     memo = {} if memo is None else memo
@@ -150,10 +312,10 @@ def compile_request(desc: Descriptor, zeep_type: Any, where: str,
             if el.complex is None:
                 raise SoapMappingError(f"{where}: field {fd.name!r} is a message but element "
                                        f"{el.name!r} is a simple type")
-            sub = compile_request(_msg_type(fd), el.complex, f"{where}.{el.name}", memo)
+            sub = compile_request(_msg_type(fd), el.complex, f"{where}.{el.name}", memo, literals)
         fields.append(_ReqField(
             attr=fd.name, elem=el.name, required=el.required, repeated=repeated, is_message=is_msg,
-            sub=sub, conv=_to_zeep_scalar(fd), has_presence=not repeated and fd.has_presence,
+            sub=sub, conv=_scalar_conv(fd, el, literals, fd.name), has_presence=not repeated and fd.has_presence,
             is_string=fd.type == FieldDescriptor.TYPE_STRING))
     missing = [e.name for e in elems if e.required and e.name not in used]
     if missing:
@@ -170,38 +332,54 @@ _ONE_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-
 @dataclass(frozen=True)
 class ExplicitRequest:
     """`request: {element: "{field}"}`: a lone placeholder passes the typed value; anything
-    else renders to text, which zeep then escapes and validates against the schema."""
+    else renders to text. Either is checked against the element's simple type before the
+    envelope is built (zeep would send `abc` as an xsd:int), then escaped by zeep's writer."""
 
     items: tuple[tuple[str, Callable[[Any, RenderContext], Any]], ...]
 
     def build(self, msg: Any, rctx: RenderContext) -> dict[str, Any]:
-        return {name: get(msg, rctx) for name, get in self.items}
+        out = {}
+        for name, get in self.items:
+            v = get(msg, rctx)
+            if v is not _UNSET:
+                out[name] = v
+        return out
 
 
 def compile_explicit_request(desc: Descriptor, elems: tuple[Elem, ...],
                              mapping: Mapping[str, str],
-                             compile_tpl: Callable[[str], Template], where: str) -> ExplicitRequest:
-    names = {e.name for e in elems}
+                             compile_tpl: Callable[[str], Template], where: str,
+                             literals: Literals = _no_literals) -> ExplicitRequest:
+    by_name = {e.name: e for e in elems}
     items: list[tuple[str, Callable[[Any, RenderContext], Any]]] = []
     for elem, text in mapping.items():
-        if elem not in names:
+        el = by_name.get(elem)
+        if el is None:
             raise SoapMappingError(f"{where}.{elem}: the request has no element {elem!r} "
-                                   f"(elements: {', '.join(sorted(names)) or 'none'})")
+                                   f"(elements: {', '.join(sorted(by_name)) or 'none'})")
+        lits = literals(el.simple) if el.simple is not None else ()
         m = _ONE_PLACEHOLDER.fullmatch(text)
-        if m is not None and _field_path(desc, m.group(1)) is not None:
+        fd = _field_path(desc, m.group(1)) if m is not None else None
+        if m is not None and fd is not None:
             path = tuple(m.group(1).split("."))
+            label = m.group(1) if norm(m.group(1)) == norm(elem) else f"{m.group(1)} (as {elem})"
+            conv = _scalar_conv(fd, el, literals, label)
 
-            def get(msg: Any, _rctx: RenderContext, path: tuple[str, ...] = path) -> Any:
+            def get(msg: Any, _rctx: RenderContext, path: tuple[str, ...] = path,
+                    conv: Callable[[Any], Any] = conv) -> Any:
                 for p in path:
                     msg = getattr(msg, p)
-                return msg
+                return conv(msg)
 
             items.append((elem, get))
             continue
         tpl = compile_tpl(text)
+        check = (value_checker(el.simple, lits, f"{elem} (rendered from {text!r})")
+                 if el.simple is not None else (lambda v: v))
 
-        def render(_msg: Any, rctx: RenderContext, tpl: Template = tpl) -> Any:
-            return tpl.render(rctx)
+        def render(_msg: Any, rctx: RenderContext, tpl: Template = tpl,
+                   check: Callable[[Any], Any] = check) -> Any:
+            return check(tpl.render(rctx))
 
         items.append((elem, render))
     missing = [e.name for e in elems if e.required and e.name not in mapping]
@@ -542,6 +720,10 @@ def _detail_text(el: etree._Element | None) -> str:
     return etree.tostring(el, encoding="unicode", with_tail=False)[:4096]
 
 
+#: HTTP statuses that say the service refused the credentials (basic auth), not a fault.
+_HTTP_AUTH = {401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED}
+
+
 def read_reply(status: int, body: bytes, soap_ns: str) -> etree._Element | FaultInfo:
     """HTTP status + body → the envelope (its namespace normalised to `soap_ns`) or a fault.
 
@@ -562,6 +744,9 @@ def read_reply(status: int, body: bytes, soap_ns: str) -> etree._Element | Fault
     if root is None or ns not in (SOAP11, SOAP12) or _local(root.tag) != "Envelope":
         if status in (502, 503, 504):
             raise CallError(Code.UNAVAILABLE, f"HTTP {status} from the SOAP backend: {snippet(body)}")
+        if status in _HTTP_AUTH:
+            raise CallError(_HTTP_AUTH[status], f"HTTP {status} from the SOAP backend: "
+                                                f"{snippet(body)}")
         raise CallError(Code.UNKNOWN, f"HTTP {status}: the SOAP backend sent no SOAP envelope: "
                                       f"{snippet(body)}")
     body_el = next((c for c in root if _local(c.tag) == "Body"), None)

@@ -3,7 +3,10 @@
 A stand-in for a vendor SOAP service adaptercar must not change: it answers POSTs to /crm
 (and `GET /crm?wsdl`), picks the SOAP version from the envelope namespace, answers faults the
 way such services do (HTTP 500, 1.1 faultcode/faultstring or 1.2 Code/Reason), and optionally
-insists on a WS-Security UsernameToken (PasswordText or PasswordDigest).
+insists on a WS-Security UsernameToken (PasswordText or PasswordDigest) and/or HTTP basic
+authentication (401 and an HTML page without it, as a web server in front would answer).
+`--drop-idle S` resets a keep-alive connection that is reused after S idle seconds, without a
+reply, as a server with an idle timeout does when its close crosses the client's next request.
 
 `--test-hooks` adds customer ids that misbehave on purpose, for the sidecar's tests:
 7777 answers after `--slow` seconds (without blocking other requests), 6666 answers with an
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime as dt
 import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +130,32 @@ def update_email(body: etree._Element) -> etree._Element:
     return out
 
 
+STATUSES = ("active", "on-hold", "closed")
+STATUS: dict[int, str] = {}
+#: changedAt is written in this zone, as a service in Paris would: clients must convert.
+ZONE = dt.timezone(dt.timedelta(hours=1))
+
+
+def set_status(body: etree._Element) -> etree._Element:
+    cid = _int(body, "customerId")
+    status = (_text(body, "status") or "").strip()
+    assert cid is not None
+    if status not in STATUSES:
+        raise SoapFault("Client", f"invalid status {status!r} (expected one of {', '.join(STATUSES)})")
+    if cid not in CUSTOMERS:
+        raise SoapFault("Client", f"customer {cid} not found")
+    previous = STATUS.get(cid, "active")
+    STATUS[cid] = status
+    out = etree.Element(q("SetStatusResponse"))
+    etree.SubElement(out, q("customerId")).text = str(cid)
+    etree.SubElement(out, q("status")).text = status
+    etree.SubElement(out, q("previous")).text = previous
+    etree.SubElement(out, q("changedAt")).text = dt.datetime.now(ZONE).isoformat(timespec="seconds")
+    return out
+
+
 HANDLERS = {q("GetCustomerById"): get_customer, q("SearchCustomers"): search,
-            q("UpdateEmail"): update_email}
+            q("UpdateEmail"): update_email, q("SetStatus"): set_status}
 
 
 def check_wsse(header: etree._Element | None, user: str, password: str) -> None:
@@ -195,6 +224,14 @@ class Crm(resource.Resource):
 
     def render_POST(self, request: server.Request) -> Any:
         raw = request.content.read() if request.content is not None else b""
+        if self.options.drop_idle is not None and self._drop_if_idle(request):
+            return server.NOT_DONE_YET
+        if self.options.basic_auth and not self._authorized(request):
+            # as a web server in front of the service answers: 401 and an HTML page, no fault
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="crm"')
+            request.setHeader(b"content-type", b"text/html")
+            return b"<html><body><h1>401 Unauthorized</h1></body></html>\n"
         try:
             doc = etree.fromstring(raw, PARSER)
         except etree.XMLSyntaxError as e:
@@ -229,6 +266,25 @@ class Crm(resource.Resource):
             request.setResponseCode(500)
             return fault(ns, f)
 
+    def _drop_if_idle(self, request: server.Request) -> bool:
+        """A keep-alive connection idle longer than --drop-idle is closed by the server just as
+        the client reuses it: the request is read and the connection reset, with no reply (the
+        race every server with an idle timeout has, made certain)."""
+        channel: Any = request.channel
+        idle_since = getattr(channel, "crm_idle_since", None)
+        if idle_since is not None and time.monotonic() - idle_since > self.options.drop_idle:
+            channel.transport.abortConnection()
+            return True
+
+        def finished(_: object) -> None:
+            channel.crm_idle_since = time.monotonic()
+        request.notifyFinish().addBoth(finished)
+        return False
+
+    def _authorized(self, request: server.Request) -> bool:
+        user, _, password = self.options.basic_auth.partition(":")
+        return bool(request.getUser() == user.encode() and request.getPassword() == password.encode())
+
     def _late(self, request: server.Request, ns: str) -> None:
         if request.finished or request._disconnected:  # type: ignore[attr-defined]
             return
@@ -243,6 +299,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--wsse", metavar="USER:PASS", help="require a WS-Security UsernameToken")
+    p.add_argument("--basic-auth", metavar="USER:PASS", help="require HTTP basic authentication")
+    p.add_argument("--drop-idle", type=float, metavar="SECONDS",
+                   help="reset a keep-alive connection reused after this much idle time")
     p.add_argument("--test-hooks", action="store_true", help="ids 6666 (XXE) and 7777 (slow)")
     p.add_argument("--slow", type=float, default=5.0, help="seconds id 7777 takes")
     return p.parse_args(argv)
