@@ -124,28 +124,48 @@ def test_budget_exhausted_returns_the_last_response(sidecars: Any, upstreams: An
     assert a.count() <= 50 * 1.2 + 1  # the storm is bounded by the budget
 
 
-def test_per_try_and_overall_timeouts(sidecars: Any, upstreams: Any) -> None:
-    slow, fast = upstreams("slow"), upstreams("fast")
+def _best_of(tries: int, expected: float, once: Any) -> float:
+    """The smallest overshoot of `expected` over a few calls, each of which must not be early.
+
+    A loaded 2-core box may delay any single call by scheduling noise; the sidecar's own
+    timers are what is checked, so one of three calls must land within the bound.
+    """
+    overshoot = []
+    for _ in range(tries):
+        t0 = time.monotonic()
+        once()
+        took = time.monotonic() - t0
+        assert took >= expected - 0.005, f"answered after {took:.3f} s, before {expected} s"
+        overshoot.append(took - expected)
+    return min(overshoot)
+
+
+def test_per_try_and_overall_timeouts_within_100ms(sidecars: Any, upstreams: Any) -> None:
+    slow, hang = upstreams("slow"), upstreams("hang")
     slow.mode, slow.delay = "slow", 2.0
-    fast.mode = "hang"
+    hang.mode = "hang"
     cfg, port = route_config([slow.address], timeout="3s", per_try_timeout="300ms",
-                             retry={"attempts": 2, "backoff": {"base": "1ms", "max": "1ms"}})
-    cfg["ambassador"].append({"name": "hang", "listen": f"127.0.0.1:{free_port()}",
-                              "upstream": {"static": [fast.address]}, "timeout": "500ms",
+                             retry={"attempts": 2, "backoff": {"base": "1ms", "max": "1ms"}},
+                             circuit_breaker={"failures": 1000, "reset": "30s"})
+    hport = free_port()
+    cfg["ambassador"].append({"name": "hang", "listen": f"127.0.0.1:{hport}",
+                              "upstream": {"static": [hang.address]}, "timeout": "500ms",
                               "retry": {"attempts": 5}})
     sidecars(cfg, single_process=True)
-    t0 = time.monotonic()
-    status, headers, _ = call(port)
-    took = time.monotonic() - t0
-    assert status == 504 and headers["x-adaptercar-reason"] == "per-try-timeout"
-    assert 0.55 <= took < 1.5  # two tries of 300 ms each
-    assert slow.count() == 2
-    hport = int(cfg["ambassador"][1]["listen"].rsplit(":", 1)[1])
-    t0 = time.monotonic()
-    status, headers, _ = call(hport)
-    took = time.monotonic() - t0
-    assert status == 504 and headers["x-adaptercar-reason"] == "deadline"
-    assert 0.45 <= took < 1.5
+
+    def per_try() -> None:
+        status, headers, body = call(port)
+        # a per-try timeout is a 504 (DESIGN): every try timed out, so the answer is that 504
+        assert status == 504 and headers["x-adaptercar-reason"] == "deadline", body
+
+    def overall() -> None:
+        status, headers, _ = call(hport)
+        assert status == 504 and headers["x-adaptercar-reason"] == "deadline"
+
+    assert _best_of(3, 0.6, per_try) < 0.1  # two tries of 300 ms each
+    assert slow.count() == 3 * 2
+    assert _best_of(3, 0.5, overall) < 0.1
+    assert hang.count() >= 3  # the deadline cut a try that had reached the upstream
 
 
 def test_supervisor_runs_an_ambassador_worker(sidecars: Any, upstreams: Any) -> None:

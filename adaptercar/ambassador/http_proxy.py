@@ -221,8 +221,10 @@ class ProxyResource(resource.Resource):
     async def _forward(self, request: server.Request, out: Outcome, reason: str | None = None,
                        state: _CallState | None = None) -> None:
         if out.response is None:
-            if out.key == TIMEOUT_STATUS:
-                self._fail(request, 504, "per-try-timeout")
+            if out.key == TIMEOUT_STATUS and reason:  # the budget refused to retry a timeout
+                self._fail(request, 504, reason)
+            elif out.key == TIMEOUT_STATUS:  # the last try ran out of per_try_timeout
+                self._fail(request, 504, "deadline")
             else:
                 self._fail(request, 503, reason or "upstream-unavailable")
             return
