@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -213,3 +214,21 @@ def test_breaker_opens_half_opens_one_trial_and_closes() -> None:
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     d.cancel()
     assert br.state == OPEN and not br.available()
+
+
+def test_endpoint_authority_for_host_rewrite() -> None:
+    assert Endpoint("10.0.0.1", 8080, name="pay-1.svc.local").authority == b"pay-1.svc.local:8080"
+    assert Endpoint("10.0.0.1", 80, name="pay-1").authority == b"pay-1"  # the default port is implied
+    assert Endpoint("::1", 8080).authority == b"[::1]:8080"  # no name: the address
+
+
+def test_host_header_config_problem_is_located(tmp_path: Any) -> None:
+    from adaptercar.config.load import load_config
+
+    path = tmp_path / "adaptercar.yaml"
+    path.write_text("ambassador:\n  - name: p\n    listen: 127.0.0.1:0\n"
+                    "    upstream: {static: [127.0.0.1:1]}\n    host_header: 'a b'\n")
+    [problem] = load_config(path).problems
+    assert problem.format().endswith(
+        "adaptercar.yaml:5: ambassador[0].host_header: expected keep, upstream or a host name "
+        "such as api.example.com, got 'a b'"), problem.format()

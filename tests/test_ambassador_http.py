@@ -265,3 +265,22 @@ def test_large_response_to_a_slow_caller(sidecars: Any, upstreams: Any) -> None:
     assert got == 64 << 20
     assert a.received[-1].path == "/big"
     assert grew < 32 * 1024, f"RSS grew {grew} KiB while the caller stalled"  # 64 MiB without
+
+
+def test_host_header_kept_rewritten_or_literal(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, keep = route_config([a.address])
+    ports = {"keep": keep}
+    for mode, static in (("upstream", f"localhost:{a.port}"), ("api.example.com", a.address)):
+        ports[mode] = free_port()
+        cfg["ambassador"].append({"name": mode.replace(".", "-"), "listen": f"127.0.0.1:{ports[mode]}",
+                                  "upstream": {"static": [static]}, "host_header": mode})
+    sidecars(cfg, single_process=True)
+    seen = {}
+    for mode, port in ports.items():
+        status, _, _ = call(port, headers={"Host": "legacy-caller.local"})
+        assert status == 200
+        seen[mode] = a.received[-1].headers["host"]
+    assert seen == {"keep": "legacy-caller.local",  # the default, as Envoy and HAProxy do
+                    "upstream": f"localhost:{a.port}",  # the endpoint's name, not its address
+                    "api.example.com": "api.example.com"}

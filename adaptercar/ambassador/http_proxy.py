@@ -122,6 +122,8 @@ class ProxyResource(resource.Resource):
         deadline = start + route.timeout
         route.budget.request(start)
         headers = _headers_out(request.requestHeaders)
+        if route.host_header is not None:
+            headers.setRawHeaders(b"host", [route.host_header])
         if not headers.hasHeader(b"x-request-id"):
             headers.setRawHeaders(b"x-request-id", [uuid.uuid4().hex.encode()])
         has_body = (request.requestHeaders.hasHeader(b"content-length")
@@ -143,6 +145,9 @@ class ProxyResource(resource.Resource):
             remaining = deadline - reactor.seconds()
             per_try = min(route.per_try or remaining, remaining)
             state.capped = route.per_try is None or remaining <= route.per_try
+
+            if route.rewrite_host:
+                headers.setRawHeaders(b"host", [ep.authority])
 
             async def attempt(url: bytes = url, per_try: float = per_try, key: str = ep.key) -> Outcome:
                 return await self._try(request, method, url, headers, has_body, per_try, key,
