@@ -232,3 +232,52 @@ def test_host_header_config_problem_is_located(tmp_path: Any) -> None:
     assert problem.format().endswith(
         "adaptercar.yaml:5: ambassador[0].host_header: expected keep, upstream or a host name "
         "such as api.example.com, got 'a b'"), problem.format()
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.booleans()), max_size=40), st.integers(64, 1024),
+       st.booleans())
+def test_body_stream_delivers_in_order_with_bounded_memory(steps: list[tuple[int, bool]],
+                                                          limit: int, late_start: bool) -> None:
+    from adaptercar.ambassador.body import BodyStream
+
+    caller = {"paused": False}
+    stream = BodyStream(None, lambda: caller.update(paused=True),
+                        lambda: caller.update(paused=False), limit=limit)
+    reader, consumer = stream.reader_for_try(), _Consumer()
+    if not late_start:
+        reader.startProducing(consumer)
+    sent = bytearray()
+    for i, (size, upstream_slow) in enumerate(steps):
+        if upstream_slow:
+            reader.pauseProducing()
+        else:
+            reader.resumeProducing()
+        if caller["paused"]:
+            assert stream.received - reader.pos > limit // 2  # paused only with a backlog
+            reader.resumeProducing()
+            if reader.consumer is None:
+                reader.startProducing(consumer)
+            continue  # a paused caller sends nothing
+        data = bytes([i % 251]) * size
+        stream.feed(data)
+        sent += data
+        assert sum(map(len, stream.chunks)) <= limit + 2 * 300  # never the whole body
+    if reader.consumer is None:
+        reader.startProducing(consumer)
+    reader.resumeProducing()
+    stream.finish()
+    assert bytes(consumer.data) == bytes(sent) and not caller["paused"]
+    assert stream.can_replay == (len(sent) <= limit or stream.start == 0)
+    if len(sent) <= limit:  # small enough to keep: a retry sends it whole again
+        again = _Consumer()
+        stream.reader_for_try().startProducing(again)
+        assert bytes(again.data) == bytes(sent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -284,3 +285,56 @@ def test_host_header_kept_rewritten_or_literal(sidecars: Any, upstreams: Any) ->
     assert seen == {"keep": "legacy-caller.local",  # the default, as Envoy and HAProxy do
                     "upstream": f"localhost:{a.port}",  # the endpoint's name, not its address
                     "api.example.com": "api.example.com"}
+
+
+def test_request_body_streams_before_the_caller_finished(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, port = route_config([a.address], timeout="5s")
+    sidecars(cfg, single_process=True)
+    size = 4 << 20
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode())
+        s.sendall(b"z" * (256 << 10))
+        end = time.monotonic() + 5
+        while a.bytes_in == 0 and time.monotonic() < end:
+            time.sleep(0.02)
+        # the caller holds back 15/16 of its body: the upstream must already have the first part
+        assert 0 < a.bytes_in <= 256 << 10
+        assert a.count() == 0
+        s.sendall(b"z" * (size - (256 << 10)))
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"a"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    assert a.received[-1].body_len == size
+
+
+def test_a_body_too_big_to_replay_is_not_retried(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    a.mode = "503"
+    cfg, port = route_config([a.address], circuit_breaker={"failures": 1000, "reset": "30s"})
+    sidecars(cfg, single_process=True)
+    status, _, body = call(port, "PUT", body=b"s" * 1000)  # small: replayed on each try
+    assert status == 503 and a.count() == 3
+    status, _, body = call(port, "PUT", body=b"b" * (2 << 20))  # above the 1 MiB replay buffer
+    assert (status, body) == (503, b"a unavailable\n")  # the upstream's own answer, as is
+    assert a.count() == 3 + 1 and a.received[-1].body_len == 2 << 20
+
+
+def test_an_answer_before_the_body_ended_closes_the_connection(sidecars: Any) -> None:
+    cfg, port = route_config([f"127.0.0.1:{free_port()}"],
+                             circuit_breaker={"failures": 1, "reset": "30s"})
+    sidecars(cfg, single_process=True)
+    assert call(port)[0] == 503  # the connect failure opens the breaker
+    status, headers, _ = call(port, "POST", body=b"x" * 100)  # headers and body in one packet
+    assert (status, headers["x-adaptercar-reason"]) == (503, "circuit-open")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        reply = b""
+        while chunk := s.recv(65536):  # the answer, then the close: the rest is never read
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 503") and b"connection: close" in reply.lower()
+    assert call(port)[0] == 503  # the route still serves

@@ -47,6 +47,8 @@ class HttpUpstream:
     mode: str = "ok"
     retry_after: str | None = None
     delay: float = 0.0
+    bytes_in: int = 0
+    """Request body bytes read so far, counted as they arrive (before the request is whole)."""
     received: list[Received] = field(default_factory=list)
     _server: _Server | None = None
     _release: threading.Event = field(default_factory=threading.Event)
@@ -92,6 +94,8 @@ class HttpUpstream:
                         break
                     total += len(chunk)
                     left -= len(chunk)
+                    with up._lock:
+                        up.bytes_in += len(chunk)
                 return total
 
             def _handle(self) -> None:
