@@ -338,3 +338,41 @@ def test_an_answer_before_the_body_ended_closes_the_connection(sidecars: Any) ->
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 503") and b"connection: close" in reply.lower()
     assert call(port)[0] == 503  # the route still serves
+
+
+def test_single_process_reload_rebuilds_routes_and_companion_duties(
+        sidecars: Any, upstreams: Any, tmp_path: Any) -> None:
+    a, b = upstreams("a"), upstreams("b")
+    cfg, port = route_config([a.address])
+    sc = sidecars(cfg, single_process=True)
+    assert call(port)[2] == b"a"
+    # the same listener now goes to `b`, a second route appears, and a log file is tailed
+    logfile = tmp_path / "legacy.log"
+    logfile.write_text("")
+    cfg["ambassador"][0]["upstream"] = {"static": [b.address]}
+    port2 = free_port()
+    cfg["ambassador"].append({"name": "second", "listen": f"127.0.0.1:{port2}",
+                              "upstream": {"static": [a.address]}})
+    cfg["companion"] = {"logs": [{"path": str(logfile), "fields": {"source": "app"}}]}
+    sc.config = cfg
+    sc.write_config()
+    status, res = sc.admin("/reload", "POST")
+    assert (status, res) == (200, {"ok": True, "errors": []})
+    assert [call(port)[2] for _ in range(5)] == [b"b"] * 5
+    assert call(port2)[2] == b"a"
+    _, view = sc.admin("/ambassador")
+    assert [r["name"] for r in view["routes"]] == ["pay", "second"]
+    with logfile.open("a") as w:
+        w.write("hello from the legacy app\n")
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any(r.get("event") == "legacy_log" for r in sc.log_records()):
+        time.sleep(0.1)
+    [line] = [r for r in sc.log_records() if r.get("event") == "legacy_log"]
+    assert line["source"] == "app" and "hello from the legacy app" in str(line)
+    # removing the routes stops their listeners
+    del cfg["ambassador"]
+    sc.config = cfg
+    sc.write_config()
+    assert sc.admin("/reload", "POST")[0] == 200
+    with pytest.raises(OSError):
+        call(port2, timeout=2)
