@@ -167,7 +167,9 @@ def test_discovery_ttl_clamp_and_stale_if_error() -> None:
     assert d.failure(now=60) == "error"
     assert d.endpoints == tuple(a) and d.ttl_next == 1
     assert d.answer([], 5, now=61) == "empty-held" and d.endpoints == tuple(a)
-    assert d.answer([], 5, now=66) == "empty" and d.endpoints == ()
+    assert d.ttl_next == 5  # asked again by the empty answer's TTL...
+    assert d.answer([], 5, now=120) == "empty-held" and d.endpoints == tuple(a)
+    assert d.answer([], 5, now=121) == "empty" and d.endpoints == ()  # ...held for the good one's
     assert d.answer(a, 5, now=70) == "ok" and d.endpoints == tuple(a)
     assert Discovery.static(a).endpoints == tuple(a)
 
