@@ -376,3 +376,40 @@ def test_single_process_reload_rebuilds_routes_and_companion_duties(
     assert sc.admin("/reload", "POST")[0] == 200
     with pytest.raises(OSError):
         call(port2, timeout=2)
+
+
+def test_chunked_upload_with_expect_continue(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, port = route_config([a.address])
+    sidecars(cfg, single_process=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n\r\na"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    # the upstream got the body chunked, as it came (its length was not known in advance)
+    got = a.received[-1]
+    assert (got.method, got.headers["transfer-encoding"], got.body_len) == ("PUT", "chunked", 11)
+
+
+def test_caller_leaving_mid_upload_is_no_upstream_failure(sidecars: Any, upstreams: Any) -> None:
+    a = upstreams("a")
+    cfg, port = route_config([a.address], circuit_breaker={"failures": 1, "reset": "30s"})
+    sc = sidecars(cfg, single_process=True)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+            end = time.monotonic() + 5
+            while a.bytes_in < 5000 and time.monotonic() < end:
+                time.sleep(0.02)
+        a.bytes_in = 0
+    assert call(port)[:1] == (200,)  # one failure would have opened the breaker
+    assert sc.metric_value("adaptercar_circuit_state", route="pay", endpoint=a.address) == 0
+    assert not [r for r in sc.log_records() if r.get("event") == "ambassador_error"]

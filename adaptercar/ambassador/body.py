@@ -223,6 +223,6 @@ class StreamingRequest(server.Request):
             self.body.finish()
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        super().connectionLost(reason)  # the call learns first that the caller left
         if self.body is not None and not self.body.complete:
             self.body.abort()
-        super().connectionLost(reason)

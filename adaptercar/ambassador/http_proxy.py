@@ -106,13 +106,17 @@ class ProxyResource(resource.Resource):
         call.addBoth(state.stop_timer)
         call.addErrback(self._failed, request, state)
 
+        def answered(_: object) -> None:
+            if state.body is not None:
+                state.body.abort()  # answered before the body ended: the connection closes
+
         def left(_f: Failure) -> None:
             state.left = True
             if state.body is not None:
                 state.body.abort()
             call.cancel()
 
-        request.notifyFinish().addErrback(left)
+        request.notifyFinish().addCallbacks(answered, left)
         return state
 
     def render(self, request: server.Request) -> Any:
@@ -331,10 +335,13 @@ class _CallState:
 
 
 def _answer_started(request: server.Request, state: _CallState | None) -> None:
-    """An answer before the caller finished its body: drop the rest and close after it."""
+    """An answer before the caller finished its body: close the connection after it.
+
+    The body keeps flowing to the upstream that answered while the answer streams (it may
+    still read it); once the answer is finished, the rest is dropped (`begin`'s `answered`).
+    """
     body = state.body if state is not None else None
     if body is not None and not body.complete:
-        body.abort()
         cast(Any, request.channel).persistent = False
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 

@@ -86,10 +86,20 @@ class HttpUpstream:
                 pass
 
             def _body(self) -> int:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    total = 0
+                    while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
+                        total += len(self.rfile.read(size))
+                        self.rfile.readline()
+                        with up._lock:
+                            up.bytes_in += size
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return total
                 n = int(self.headers.get("Content-Length") or 0)
                 left, total = n, 0
                 while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 16))
+                    chunk = self.rfile.read1(min(left, 1 << 16))  # what has arrived
                     if not chunk:
                         break
                     total += len(chunk)
