@@ -110,7 +110,8 @@ class BodyStream:
 
     def reader_for_try(self) -> BodyReader:
         assert self.can_replay, "a try must not start on a body it cannot replay"
-        if self.reader is not None:
+        if self.reader is not None:  # the last try may still be sending: it must not wait on
+            self.reader.fail(BodyAborted("a new try took over"))  # a body it will never get
             self.reader.detach()
         self.reader = BodyReader(self)
         return self.reader

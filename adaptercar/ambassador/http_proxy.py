@@ -148,6 +148,8 @@ class ProxyResource(resource.Resource):
         last: Outcome | None = None
         policy = route.policy
         for n in range(policy.attempts):
+            if n and state.body is not None and not state.body.can_replay:
+                break  # the last try sent part of a body too big to keep: it cannot go again
             ep, why = route.pick(tried)
             if ep is None:
                 if last is not None:
@@ -172,7 +174,7 @@ class ProxyResource(resource.Resource):
             if reason is None or n == policy.attempts - 1:
                 break
             if state.body is not None and not state.body.can_replay:
-                break  # a body too big to keep was partly sent: it cannot be sent again
+                break  # checked again before the next try: the body may still be flowing
             now = reactor.seconds()
             delay = policy.backoff(n, route.rng)
             if out.response is not None and out.key == 503:
