@@ -157,7 +157,6 @@ class ProxyResource(resource.Resource):
                 return self._fail(request, 503, why)
             tried.add(ep.key)
             url = f"http://{ep.host}:{ep.port}".encode() + path
-
             if route.rewrite_host:
                 headers.setRawHeaders(b"host", [ep.authority])
 
