@@ -49,6 +49,7 @@ class Demo:
         self.ports = {
             "ledger": _pick(7000, fixed), "crm": _pick(8081, fixed), "grpc": _pick(50051, fixed),
             "http": _pick(8080, fixed), "admin": _pick(9901, fixed),
+            "fx": _pick(15001, fixed), "fx_upstream": _pick(8001, fixed),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logdir = Path(os.environ.get("ADAPTERCAR_DEMO_LOGS", ROOT / ".demo"))
@@ -61,19 +62,31 @@ class Demo:
             "LEDGER_ADDR": f"127.0.0.1:{p['ledger']}", "LEDGER_USER": "demo", "LEDGER_PASS": "demo",
             "CRM_URL": f"http://127.0.0.1:{p['crm']}/crm",
             "GRPC_PORT": str(p["grpc"]), "HTTP_PORT": str(p["http"]), "ADMIN_PORT": str(p["admin"]),
+            "FX_PORT": str(p["fx"]), "FX_ADDR": f"127.0.0.1:{p['fx_upstream']}",
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
 
     def start(self) -> None:
         env = self.env()
-        # both fixtures start at once; each says LISTENING when its port is open
+        # the fixtures start at once; each prints a line when its port is open
         fixtures = [self._spawn_fixture(name, env) for name in ("ledger", "crm")]
+        # the service the ledger calls out to through the ambassador route
+        rates_log = open(self.logdir / "fx-rates.log", "wb")  # noqa: SIM115 - lives as long as the child
+        rates = subprocess.Popen(
+            [sys.executable, "-m", "legacy_fixtures.upstreams.http_upstream", "--name", "fx-rates",
+             "--port", str(self.ports["fx_upstream"])],
+            stdout=subprocess.PIPE, stderr=rates_log, env=env, cwd=ROOT,
+        )
+        self.procs.append(rates)
         for name, fx in fixtures:
             assert fx.stdout is not None
             line = fx.stdout.readline().decode().strip()
             if not line.startswith("LISTENING"):
                 raise RuntimeError(f"the {name} fixture did not start "
                                    f"(see {self.logdir / f'{name}.log'})")
+        assert rates.stdout is not None
+        if not rates.stdout.readline().strip():
+            raise RuntimeError(f"the fx-rates upstream did not start (see {self.logdir / 'fx-rates.log'})")
         sidecar_log = open(self.logdir / "sidecar.log", "wb")  # noqa: SIM115
         sc = subprocess.Popen(
             [sys.executable, "-m", "adaptercar.cli", "run", "-c", str(DEMO_CONFIG)],
@@ -126,10 +139,14 @@ adaptercar demo: three legacy programs are now also gRPC and JSON/HTTP APIs:
   - the 1990s ledger server (legacy_fixtures/ledger, a TCP line protocol on 127.0.0.1:{p['ledger']})
   - ratequote, a stdin/stdout batch program (legacy_fixtures/ratequote), run as a pool of 2 children
   - crm, a SOAP CustomerService (legacy_fixtures/crm, http://127.0.0.1:{p['crm']}/crm?wsdl)
+and an outbound route: the legacy side calls 127.0.0.1:{p['fx']} and the ambassador forwards to
+the fx-rates service (an HTTP test upstream on 127.0.0.1:{p['fx_upstream']}) with timeouts,
+retries and a circuit breaker.
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
-  admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config, POST /reload)
+  ambassador http://127.0.0.1:{p['fx']}   (route fxrates)
+  admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config /ambassador, POST /reload)
   config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml,
              docs/examples/crm/mapping.yaml
   logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log, {self.logdir}/crm.log
@@ -147,6 +164,8 @@ Try:
   curl '{h}/v1/customers?name_prefix=Al'
   curl {h}/v1/customers/99                 # a SOAP fault becomes HTTP 404 / NOT_FOUND
   curl {h}/openapi.json
+  curl http://127.0.0.1:{p['fx']}/rates/EUR     # through the ambassador route to fx-rates
+  curl http://127.0.0.1:{p['admin']}/ambassador
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
 
 Press Ctrl-C to stop.
@@ -201,7 +220,7 @@ def _checks(ports: dict[str, int]) -> list[Check]:
     def rpc_crm(name: str, **fields: Any) -> Callable[[], Any]:
         return rpc_to("customers.v1.Customers", name, **fields)
 
-    hp = ports["http"]
+    hp, fx = ports["http"], ports["fx"]
     note = "line one\r\nline two with a CRLF inside"
     return [
         ("grpc GetBalance 1001", rpc("GetBalance", account_id="1001"),
@@ -255,10 +274,20 @@ def _checks(ports: dict[str, int]) -> list[Check]:
          == ["Alan Turing", "Alonzo Church"]),
         ("http GET /v1/customers/99 (SOAP fault) -> 404", lambda: _http(hp, "GET", "/v1/customers/99"),
          lambda r: r[0] == 404 and r[1]["code"] == 5),
+        ("ambassador GET /rates/EUR (route fxrates -> fx-rates)", lambda: _plain(fx, "/rates/EUR"),
+         lambda r: r == (200, "fx-rates")),
         ("http GET /openapi.json", lambda: _http(hp, "GET", "/openapi.json"),
          lambda r: r[0] == 200 and "/v1/accounts/{accountId}/balance" in json.dumps(r[1]["paths"])
          or "/v1/accounts/{account_id}/balance" in json.dumps(r[1]["paths"])),
     ]
+
+
+def _plain(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def _raw_post(port: int, path: str, body: bytes) -> tuple[int, Any]:
@@ -295,7 +324,8 @@ def run_demo(check: bool = False) -> int:
         if check:
             print(f"adaptercar demo --check: ledger on :{demo.ports['ledger']}, crm on "
                   f":{demo.ports['crm']}, gRPC :{demo.ports['grpc']}, "
-                  f"JSON :{demo.ports['http']}, admin :{demo.ports['admin']}")
+                  f"JSON :{demo.ports['http']}, admin :{demo.ports['admin']}, "
+                  f"ambassador :{demo.ports['fx']}")
             ok = run_checks(demo.ports)
             print("all demo calls answered correctly" if ok else "some demo calls FAILED "
                   f"(logs in {demo.logdir})")

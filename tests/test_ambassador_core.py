@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,7 +167,9 @@ def test_discovery_ttl_clamp_and_stale_if_error() -> None:
     assert d.failure(now=60) == "error"
     assert d.endpoints == tuple(a) and d.ttl_next == 1
     assert d.answer([], 5, now=61) == "empty-held" and d.endpoints == tuple(a)
-    assert d.answer([], 5, now=66) == "empty" and d.endpoints == ()
+    assert d.ttl_next == 5  # asked again by the empty answer's TTL...
+    assert d.answer([], 5, now=120) == "empty-held" and d.endpoints == tuple(a)
+    assert d.answer([], 5, now=121) == "empty" and d.endpoints == ()  # ...held for the good one's
     assert d.answer(a, 5, now=70) == "ok" and d.endpoints == tuple(a)
     assert Discovery.static(a).endpoints == tuple(a)
 
@@ -213,3 +216,70 @@ def test_breaker_opens_half_opens_one_trial_and_closes() -> None:
     d.addErrback(lambda f: f.trap(defer.CancelledError))
     d.cancel()
     assert br.state == OPEN and not br.available()
+
+
+def test_endpoint_authority_for_host_rewrite() -> None:
+    assert Endpoint("10.0.0.1", 8080, name="pay-1.svc.local").authority == b"pay-1.svc.local:8080"
+    assert Endpoint("10.0.0.1", 80, name="pay-1").authority == b"pay-1"  # the default port is implied
+    assert Endpoint("::1", 8080).authority == b"[::1]:8080"  # no name: the address
+
+
+def test_host_header_config_problem_is_located(tmp_path: Any) -> None:
+    from adaptercar.config.load import load_config
+
+    path = tmp_path / "adaptercar.yaml"
+    path.write_text("ambassador:\n  - name: p\n    listen: 127.0.0.1:0\n"
+                    "    upstream: {static: [127.0.0.1:1]}\n    host_header: 'a b'\n")
+    [problem] = load_config(path).problems
+    assert problem.format().endswith(
+        "adaptercar.yaml:5: ambassador[0].host_header: expected keep, upstream or a host name "
+        "such as api.example.com, got 'a b'"), problem.format()
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.booleans()), max_size=40), st.integers(64, 1024),
+       st.booleans())
+def test_body_stream_delivers_in_order_with_bounded_memory(steps: list[tuple[int, bool]],
+                                                          limit: int, late_start: bool) -> None:
+    from adaptercar.ambassador.body import BodyStream
+
+    caller = {"paused": False}
+    stream = BodyStream(None, lambda: caller.update(paused=True),
+                        lambda: caller.update(paused=False), limit=limit)
+    reader, consumer = stream.reader_for_try(), _Consumer()
+    if not late_start:
+        reader.startProducing(consumer)
+    sent = bytearray()
+    for i, (size, upstream_slow) in enumerate(steps):
+        if upstream_slow:
+            reader.pauseProducing()
+        else:
+            reader.resumeProducing()
+        if caller["paused"]:
+            assert stream.received - reader.pos > limit // 2  # paused only with a backlog
+            reader.resumeProducing()
+            if reader.consumer is None:
+                reader.startProducing(consumer)
+            continue  # a paused caller sends nothing
+        data = bytes([i % 251]) * size
+        stream.feed(data)
+        sent += data
+        assert sum(map(len, stream.chunks)) <= limit + 2 * 300  # never the whole body
+    if reader.consumer is None:
+        reader.startProducing(consumer)
+    reader.resumeProducing()
+    stream.finish()
+    assert bytes(consumer.data) == bytes(sent) and not caller["paused"]
+    assert stream.can_replay == (len(sent) <= limit or stream.start == 0)
+    if len(sent) <= limit:  # small enough to keep: a retry sends it whole again
+        again = _Consumer()
+        stream.reader_for_try().startProducing(again)
+        assert bytes(again.data) == bytes(sent)

@@ -195,3 +195,34 @@ def test_dns_upstream_and_no_endpoints(sidecars: Any, upstreams: Any, dns_server
     resp = conn.getresponse()
     assert resp.status == 503 and resp.getheader("x-adaptercar-reason") == "no-endpoints"
     assert b"no-endpoints" in resp.read()
+
+
+def test_nxdomain_after_a_good_answer_is_held_for_one_ttl(sidecars: Any, upstreams: Any,
+                                                        dns_server: Dns) -> None:
+    a = upstreams("a")
+    dns_server.set([(10, 1, a)], ttl=3)
+    dns_server.start()
+    cfg, port = srv_config(dns_server)  # min_ttl 1 s: while held, the name is asked every second
+    sc = sidecars(cfg, single_process=True)
+    caller = Caller(port)
+    wait_for(lambda: caller.get() == (200, b"a"))
+
+    def outcome() -> str:
+        return str(sc.admin("/ambassador")[1]["routes"][0]["last_outcome"])
+
+    dns_server.zone.write_text(json.dumps({"srv": {}, "a": {}}))  # the SRV name is now NXDOMAIN
+    wait_for(lambda: outcome() == "empty-held")
+    held_at = time.monotonic()
+    while time.monotonic() < held_at + 1.5:  # the last good set keeps answering
+        assert caller.get() == (200, b"a")
+        time.sleep(0.05)
+    wait_for(lambda: caller.get()[0] == 503, timeout=6)  # one TTL (3 s) after the first NXDOMAIN
+    assert time.monotonic() - held_at < 3 + 1.5
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("x-adaptercar-reason")) == (503, "no-endpoints")
+    assert sc.metric_value("adaptercar_discovery_refreshes_total", route="pay", outcome="empty-held") >= 2
+    assert sc.metric_value("adaptercar_discovery_refreshes_total", route="pay", outcome="empty") >= 1
+    dns_server.set([(10, 1, a)], ttl=3)  # back: picked up at the next refresh (1 s)
+    wait_for(lambda: caller.get() == (200, b"a"), timeout=4)

@@ -627,7 +627,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     try:
         target, started = start_sidecar(ROOT / "examples" / "demo" / "adaptercar.yaml", tmp,
                                         {**DEMO_ENV, "LEDGER_ADDR": ledger.address,
-                                         "CRM_URL": crm.url}, False)
+                                         "CRM_URL": crm.url, "FX_PORT": str(free_port())}, False)
     except Exception:
         ledger.stop()
         crm.stop()

@@ -27,6 +27,8 @@ class Discovery:
     last_outcome: str = "pending"
     _empty_since: float | None = field(default=None, repr=False)
     _ttl: float = 0.0
+    _good_ttl: float = 0.0
+    """The clamped TTL of the last good answer: how long an empty answer is held back."""
 
     @classmethod
     def static(cls, endpoints: Sequence[Endpoint]) -> Discovery:
@@ -35,11 +37,13 @@ class Discovery:
     def answer(self, endpoints: Sequence[Endpoint], ttl: float, now: float) -> str:
         """Take a resolver answer; returns the outcome label for metrics. Next delay: `ttl_next`.
 
-        An empty answer (or NXDOMAIN) after a good one is held back for one more TTL, so a
-        DNS glitch during a redeploy does not black-hole the route at once.
+        An empty answer (or NXDOMAIN) after a good one is held back for one more TTL of the
+        good answer, so a DNS glitch during a redeploy does not black-hole the route at once.
+        Meanwhile the name is asked again every (clamped) TTL of the empty answer.
         """
         self._ttl = clamp_ttl(ttl, self.min_ttl, self.max_ttl)
         if endpoints:
+            self._good_ttl = self._ttl
             self.endpoints = tuple(endpoints)
             self.last_refresh = now
             self._empty_since = None
@@ -50,7 +54,7 @@ class Discovery:
             return "empty"
         if self._empty_since is None:
             self._empty_since = now
-        if now - self._empty_since >= self._ttl:
+        if now - self._empty_since >= self._good_ttl:
             self.endpoints = ()
             self._empty_since = None
             self.last_outcome = "empty"

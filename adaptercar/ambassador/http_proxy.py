@@ -1,9 +1,13 @@
 """The HTTP/1.1 reverse proxy of an `http` route: one caller request, up to `attempts` tries.
 
-The caller's body is kept by twisted.web (in a temporary file past 100 kB, so memory stays
-bounded) and replayed from the start on each try; the chosen upstream response is streamed
-back as it arrives. Only the final response reaches the caller: a retried response's body is
-drained so its keep-alive connection goes back to the pool.
+A call with a body starts as soon as the caller's headers are in, and the body streams to the
+upstream as it arrives (`body.py`); a body of at most `REPLAY_LIMIT` bytes is kept for a
+retry, a bigger one ends retries once its first byte was sent. The chosen upstream response
+is streamed back as it arrives. Only the final response reaches the caller: a retried
+response's body is drained so its keep-alive connection goes back to the pool.
+
+Timers follow Envoy: the overall `timeout` and each `per_try_timeout` start when the caller's
+request is complete, so a slow upload is not a slow upstream.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from .. import metrics
+from .body import BodyStream, StreamingRequest
 from .policy import BREAKER_STATUSES, CONNECT_FAILURE, RESET, TIMEOUT_STATUS, retry_after
 from .route import Route
 
@@ -95,23 +100,35 @@ class ProxyResource(resource.Resource):
         self.agent = agent
         self.scheme = "https" if route.cfg.upstream.tls is not None else "http"
 
-    def render(self, request: server.Request) -> Any:
-        state = _CallState()
-        call = defer.ensureDeferred(self._call(request, state))
-
-        def expire() -> None:
-            state.expired = True
-            call.cancel()
-
-        timer = state.timer = self.route.reactor.callLater(self.route.timeout, expire)
-        call.addBoth(_stop_timer, timer)
+    def begin(self, request: StreamingRequest, state: _CallState | None = None) -> _CallState:
+        """Start the call: at the headers when a body follows, else from `render`."""
+        state = request.call = state or _CallState(request.body)
+        call = state.call = defer.ensureDeferred(self._call(request, state))
+        call.addBoth(state.stop_timer)
         call.addErrback(self._failed, request, state)
+
+        def answered(_: object) -> None:
+            if state.body is not None:
+                state.body.abort()  # answered before the body ended: the connection closes
 
         def left(_f: Failure) -> None:
             state.left = True
+            if state.body is not None:
+                state.body.abort()
             call.cancel()
 
-        request.notifyFinish().addErrback(left)
+        request.notifyFinish().addCallbacks(answered, left)
+        return state
+
+    def render(self, request: server.Request) -> Any:
+        """The caller's request is complete: the overall deadline starts now."""
+        req = cast(StreamingRequest, request)
+        if req.call is None:
+            state = _CallState(req.body)  # the whole body came in one read
+            state.start_deadline(self.route)
+            self.begin(req, state)
+        elif not req.call.call.called:
+            req.call.start_deadline(self.route)
         return server.NOT_DONE_YET
 
     # --- the decision loop --------------------------------------------------------------------
@@ -119,14 +136,12 @@ class ProxyResource(resource.Resource):
     async def _call(self, request: server.Request, state: _CallState) -> None:
         route, reactor = self.route, self.route.reactor
         method = request.method.decode("ascii", "replace")
-        start = reactor.seconds()
-        deadline = start + route.timeout
-        route.budget.request(start)
+        route.budget.request(reactor.seconds())
         headers = _headers_out(request.requestHeaders)
+        if route.host_header is not None:
+            headers.setRawHeaders(b"host", [route.host_header])
         if not headers.hasHeader(b"x-request-id"):
             headers.setRawHeaders(b"x-request-id", [uuid.uuid4().hex.encode()])
-        has_body = (request.requestHeaders.hasHeader(b"content-length")
-                    or request.requestHeaders.hasHeader(b"transfer-encoding"))
         path = request.uri
         if not path.startswith(b"/"):  # absolute-form (the caller treats us as a forward proxy)
             path = b"/" + path.split(b"://", 1)[-1].partition(b"/")[2]
@@ -134,6 +149,8 @@ class ProxyResource(resource.Resource):
         last: Outcome | None = None
         policy = route.policy
         for n in range(policy.attempts):
+            if n and state.body is not None and not state.body.can_replay:
+                break  # the last try sent part of a body too big to keep: it cannot go again
             ep, why = route.pick(tried)
             if ep is None:
                 if last is not None:
@@ -141,13 +158,11 @@ class ProxyResource(resource.Resource):
                 return self._fail(request, 503, why)
             tried.add(ep.key)
             url = f"{self.scheme}://{ep.host}:{ep.port}".encode() + path
-            remaining = deadline - reactor.seconds()
-            per_try = min(route.per_try or remaining, remaining)
-            state.capped = route.per_try is None or remaining <= route.per_try
+            if route.rewrite_host:
+                headers.setRawHeaders(b"host", [ep.authority])
 
-            async def attempt(url: bytes = url, per_try: float = per_try, key: str = ep.key) -> Outcome:
-                return await self._try(request, method, url, headers, has_body, per_try, key,
-                                       state)
+            async def attempt(url: bytes = url, key: str = ep.key) -> Outcome:
+                return await self._try(request, url, headers, key, state)
 
             out = await route.breaker(ep).run(attempt, lambda o: o.breaker_failure)
             if out is None:  # the breaker opened between selection and the try
@@ -158,13 +173,15 @@ class ProxyResource(resource.Resource):
             reason = policy.reason(method, out.key)
             if reason is None or n == policy.attempts - 1:
                 break
+            if state.body is not None and not state.body.can_replay:
+                break  # checked again before the next try: the body may still be flowing
             now = reactor.seconds()
             delay = policy.backoff(n, route.rng)
             if out.response is not None and out.key == 503:
                 ra = retry_after(out.response.headers.getRawHeaders(b"retry-after", [None])[0], now)
                 if ra is not None:
                     delay = max(delay, ra)
-            if now + delay >= deadline:
+            if now + delay >= state.deadline_from(now, route.timeout):
                 break
             if not route.budget.try_retry(now):
                 return await self._forward(request, out, reason="budget-exhausted", state=state)
@@ -175,21 +192,33 @@ class ProxyResource(resource.Resource):
             return self._fail(request, 503, "circuit-open")
         await self._forward(request, last, state=state)
 
-    async def _try(self, request: server.Request, method: str, url: bytes, headers: Headers,
-                   has_body: bool, per_try: float, key: str, state: _CallState) -> Outcome:
-        body: Any = None
-        if has_body and request.content is not None:
-            request.content.seek(0)
-            body = client.FileBodyProducer(request.content, cooperator=_COOP)
-        d = self.agent.request(request.method, url, headers.copy(), body)
+    async def _try(self, request: server.Request, url: bytes, headers: Headers, key: str,
+                   state: _CallState) -> Outcome:
+        route = self.route
+        producer = state.body.reader_for_try() if state.body is not None else None
+        d = self.agent.request(request.method, url, headers.copy(), cast(Any, producer))
         timed_out = False
+        timer: Any = None
 
         def expire() -> None:
             nonlocal timed_out
             timed_out = True
             d.cancel()
 
-        timer = self.route.reactor.callLater(per_try, expire)
+        def arm(_: object = None) -> None:
+            """The per-try timer starts when the request is complete (and the deadline known)."""
+            nonlocal timer
+            if d.called or state.deadline is None:
+                return
+            remaining = state.deadline - route.reactor.seconds()
+            state.capped = route.per_try is None or remaining <= route.per_try
+            timer = route.reactor.callLater(max(0.0, min(route.per_try or remaining, remaining)),
+                                            expire)
+
+        if state.body is None or state.body.complete:
+            arm()
+        else:
+            state.body.when_complete().addCallback(arm)
         try:
             resp = await d
         except Exception as e:
@@ -208,7 +237,7 @@ class ProxyResource(resource.Resource):
                 return Outcome(RESET, endpoint=key)
             raise
         finally:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
         return Outcome(resp.code, resp, key)
 
@@ -222,8 +251,10 @@ class ProxyResource(resource.Resource):
     async def _forward(self, request: server.Request, out: Outcome, reason: str | None = None,
                        state: _CallState | None = None) -> None:
         if out.response is None:
-            if out.key == TIMEOUT_STATUS:
-                self._fail(request, 504, "per-try-timeout")
+            if out.key == TIMEOUT_STATUS and reason:  # the budget refused to retry a timeout
+                self._fail(request, 504, reason)
+            elif out.key == TIMEOUT_STATUS:  # the last try ran out of per_try_timeout
+                self._fail(request, 504, "deadline")
             else:
                 self._fail(request, 503, reason or "upstream-unavailable")
             return
@@ -231,6 +262,7 @@ class ProxyResource(resource.Resource):
         if request.finished or request._disconnected:
             self._drain(out)
             return
+        _answer_started(request, state)
         request.setResponseCode(resp.code, resp.phrase)
         for name, values in _headers_out(resp.headers, frozenset({b"date", b"server"})).getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, values)
@@ -240,8 +272,8 @@ class ProxyResource(resource.Resource):
         if reason:
             request.responseHeaders.setRawHeaders(b"x-adaptercar-reason", [reason.encode()])
         metrics.ambassador_requests_total.labels(self.route.name, str(resp.code)).inc()
-        if state is not None and state.timer is not None and state.timer.active():
-            state.timer.cancel()  # the answer has started: the deadline no longer applies
+        if state is not None:
+            state.stop_timer(None)  # the answer has started: the deadline no longer applies
         done: defer.Deferred[None] = defer.Deferred()
         cast(Any, resp).deliverBody(_Relay(request, done))
         await done
@@ -250,6 +282,7 @@ class ProxyResource(resource.Resource):
         metrics.ambassador_requests_total.labels(self.route.name, str(status)).inc()
         if request.finished or request._disconnected:
             return
+        _answer_started(request, cast(StreamingRequest, request).call)
         body = f"{status} {reason}: route {self.route.name}\n".encode()
         request.setResponseCode(status)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
@@ -270,25 +303,54 @@ class ProxyResource(resource.Resource):
             self._fail(request, 502, "internal-error")
 
 
-_COOP = task.Cooperator()
-
-
 class _CallState:
-    """Why a call was cancelled: the overall deadline (answer 504) or the caller leaving."""
+    """One call's body, deadline, and why it was cancelled: the deadline (504) or the caller."""
 
-    __slots__ = ("capped", "expired", "left", "timer")
+    __slots__ = ("body", "call", "capped", "deadline", "expired", "left", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, body: BodyStream | None) -> None:
+        self.body = body
+        self.call: defer.Deferred[None] = defer.Deferred()
         self.timer: Any = None
+        self.deadline: float | None = None
+        """When the overall timeout runs out; None until the caller's request is complete."""
         self.capped = False
         self.expired = False
         self.left = False
 
+    def start_deadline(self, route: Route) -> None:
+        self.deadline = route.reactor.seconds() + route.timeout
 
-def _stop_timer(result: Any, timer: Any) -> Any:
-    if timer.active():
-        timer.cancel()
-    return result
+        def expire() -> None:
+            self.expired = True
+            self.call.cancel()
+
+        self.timer = route.reactor.callLater(route.timeout, expire)
+
+    def deadline_from(self, now: float, timeout: float) -> float:
+        return self.deadline if self.deadline is not None else now + timeout
+
+    def stop_timer(self, result: Any) -> Any:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        return result
+
+
+def _answer_started(request: server.Request, state: _CallState | None) -> None:
+    """An answer before the caller finished its body: close the connection after it.
+
+    The body keeps flowing to the upstream that answered while the answer streams (it may
+    still read it); once the answer is finished, the rest is dropped (`begin`'s `answered`).
+    """
+    body = state.body if state is not None else None
+    if body is not None and not body.complete:
+        cast(Any, request.channel).persistent = False
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+
+IDLE_TIMEOUT = 60.0
+"""A caller connection with nothing to read for this long (idle keep-alive, stalled upload)
+is closed."""
 
 
 class _QuietSite(server.Site):
@@ -308,6 +370,7 @@ def proxy_site(route: Route) -> server.Site:
         extra["contextFactory"] = client_policy(load_client(route.cfg.upstream.tls),
                                                 f"route {route.name}")
     agent = client.Agent(route.reactor, connectTimeout=route.connect_timeout, pool=pool, **extra)
-    site = _QuietSite(ProxyResource(route, agent))
+    site = _QuietSite(ProxyResource(route, agent), timeout=IDLE_TIMEOUT)
+    site.requestFactory = StreamingRequest
     site.displayTracebacks = False
     return site

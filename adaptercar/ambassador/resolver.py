@@ -74,11 +74,11 @@ async def lookup(r: dns.asyncresolver.Resolver, upstream: Any) -> tuple[list[End
                 continue  # "." means the service is decidedly not available (RFC 2782)
             addrs, attl = await _addresses(r, target)
             ttl = min(ttl, attl)
-            eps += [Endpoint(a, rd.port, rd.priority, rd.weight) for a in addrs]
+            eps += [Endpoint(a, rd.port, rd.priority, rd.weight, target) for a in addrs]
         return eps, ttl
     host, port = split_host_port(upstream.dns)
     addrs, ttl = await _addresses(r, host)
-    return [Endpoint(a, port) for a in addrs], (0.0 if ttl == float("inf") else ttl)
+    return [Endpoint(a, port, name=host) for a in addrs], (0.0 if ttl == float("inf") else ttl)
 
 
 class RouteResolver:

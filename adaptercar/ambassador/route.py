@@ -26,6 +26,11 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _static(addr: str) -> Endpoint:
+    host, port = split_host_port(addr)
+    return Endpoint(host, port, name=host)
+
+
 class Route:
     def __init__(self, cfg: Any, reactor: Any, rng: random.Random | None = None) -> None:
         self.cfg = cfg
@@ -37,13 +42,17 @@ class Route:
         self.timeout = float(cfg.timeout)
         self.per_try = float(cfg.per_try_timeout) if cfg.per_try_timeout else None
         self.connect_timeout = float(cfg.connect_timeout)
+        host = cfg.host_header
+        self.host_header: bytes | None = (None if host in ("keep", "upstream")
+                                          else host.encode("ascii"))
+        """The literal `Host` to send; None: keep the caller's, or the endpoint's (`rewrite_host`)."""
+        self.rewrite_host = host == "upstream"
         self.breakers: dict[str, EndpointBreaker] = {}
         res = cfg.resolver
         self.discovery = Discovery(min_ttl=float(res.min_ttl) if res else 1.0,
                                    max_ttl=float(res.max_ttl) if res else 60.0)
         if cfg.upstream.static is not None:
-            self.discovery = Discovery.static([Endpoint(*split_host_port(a))
-                                               for a in cfg.upstream.static])
+            self.discovery = Discovery.static([_static(a) for a in cfg.upstream.static])
         self.resolver: Any = None
         self.listener: Any = None
         self._sync_breakers()

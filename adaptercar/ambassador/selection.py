@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,11 +17,21 @@ class Endpoint:
     port: int
     priority: int = 0
     weight: int = 1
+    name: str = field(default="", compare=False)
+    """The name it was found under (SRV target, `dns:` host, static host), for `host_header`."""
 
     @property
     def key(self) -> str:
         """Identity across refreshes: a changed weight keeps the endpoint's breaker."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> bytes:
+        """`Host` for `host_header: upstream`: name and port (the port omitted when 80)."""
+        name = self.name or self.host
+        if ":" in name:
+            name = f"[{name}]"
+        return (name if self.port == 80 else f"{name}:{self.port}").encode("ascii", "replace")
 
 
 def choose(

@@ -539,6 +539,14 @@ class CircuitBreaker(Strict):
     reset: PositiveDuration = 30.0
 
 
+def _host_header(value: object) -> str:
+    if isinstance(value, str) and value and value.isascii() and value.isprintable() \
+            and " " not in value:
+        return value
+    raise invalid("expected keep, upstream or a host name such as api.example.com, "
+                  f"got {describe(value)}")
+
+
 class Route(Strict):
     name: str = Field(min_length=1)
     listen: ListenAddress
@@ -549,6 +557,9 @@ class Route(Strict):
     """The whole call, retries included."""
     per_try_timeout: PositiveDuration | None = None
     connect_timeout: PositiveDuration = 1.0
+    host_header: Annotated[str, PlainValidator(_host_header)] = "keep"
+    """`keep` the caller's Host (as Envoy and HAProxy do), `upstream`: the endpoint's name,
+    or a literal name."""
     retry: Retry = Field(default_factory=Retry)
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
 

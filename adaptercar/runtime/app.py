@@ -56,6 +56,8 @@ class Runtime:
         self.grpc_front: Any = None
         self.front_tls: dict[str, Any] = {}  # front → its reloadable TLS (tls.py)
         self.ambassador: Any = None
+        self.companion: Any = None
+        self.top: Any = None
         self.listening = False
 
     def _prepare(self, cs: Any) -> None:
@@ -80,7 +82,7 @@ class Runtime:
     def service_tree(self) -> service.MultiService:
         from .worker import BackendsService, FrontsThenBackends, GrpcService, HttpService
 
-        top = FrontsThenBackends()
+        top = self.top = FrontsThenBackends()
         if self.serves_calls:
             BackendsService(self.current).setServiceParent(top)
         cfg = self.loaded.config
@@ -112,8 +114,46 @@ class Runtime:
         if "companion" in self.roles and cfg.companion is not None:
             from ..companion.service import CompanionService
 
-            CompanionService(cfg.companion, self.loaded.specs, self.reactor).setServiceParent(top)
+            self.companion = CompanionService(cfg.companion, self.loaded.specs, self.reactor)
+            self.companion.setServiceParent(top)
         return top
+
+    @defer.inlineCallbacks
+    def rebuild_duties(self, old: Any, new: Any) -> Any:
+        """Single process: replace the ambassador routes and companion duties whose section
+        changed on reload (workers get the same effect from the supervisor restarting them).
+
+        Old routes stop listening first, so a route may keep its port; calls in flight on
+        them finish. Returns the errors (a new route that cannot listen), empty when fine.
+        """
+        from .supervisor import _listen_key
+
+        errors: list[str] = []
+        for role in ("ambassador", "companion"):
+            if role not in self.roles or _listen_key(old, role) == _listen_key(new, role):
+                continue
+            current = getattr(self, role)
+            if current is not None:
+                yield defer.maybeDeferred(current.disownServiceParent)
+                setattr(self, role, None)
+            if role == "ambassador" and new.ambassador:
+                from ..ambassador.service import AmbassadorService
+
+                replacement: Any = AmbassadorService(new.ambassador, self.reactor)
+            elif role == "companion" and new.companion is not None:
+                from ..companion.service import CompanionService
+
+                replacement = CompanionService(new.companion, self.loaded.specs, self.reactor)
+            else:
+                continue
+            try:
+                replacement.setServiceParent(self.top)
+            except Exception as e:  # noqa: BLE001 - e.g. a new route's port is taken
+                replacement.disownServiceParent()
+                errors.append(f"{role}: {type(e).__name__}: {e}")
+                continue
+            setattr(self, role, replacement)
+        return errors
 
     @property
     def serves_calls(self) -> bool:
@@ -297,18 +337,21 @@ class _SingleModel:
         amb = self.rt.ambassador
         return amb.view() if amb is not None else {"routes": []}
 
-    def reload(self) -> defer.Deferred[dict[str, Any]]:
+    @defer.inlineCallbacks
+    def reload(self) -> Any:
         from .. import metrics
 
+        old = self.rt.loaded.config
         try:
             res = self.rt.reload()
+            errors = [res["error"]] if not res["ok"] else (
+                yield self.rt.rebuild_duties(old, self.rt.loaded.config))
         except Exception as e:  # noqa: BLE001 - a bug in loading: the old set keeps serving
-            res = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
-        metrics.config_reloads_total.labels("ok" if res["ok"] else "error").inc()
-        if not res["ok"]:
-            log.error("config_reload_failed", errors=[res["error"]])
-            return defer.succeed({"ok": False, "errors": [res["error"]]})
-        return defer.succeed({"ok": True, "errors": []})
+            errors = [f"internal error: {type(e).__name__}: {e}"]
+        metrics.config_reloads_total.labels("error" if errors else "ok").inc()
+        if errors:
+            log.error("config_reload_failed", errors=errors)
+        return {"ok": not errors, "errors": errors}
 
 
 def _listen_admin(site: Any, listen: str) -> Any:

@@ -23,6 +23,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that gave up (the proxy's timeout) is expected here: no traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Received:
     method: str
@@ -38,8 +47,10 @@ class HttpUpstream:
     mode: str = "ok"
     retry_after: str | None = None
     delay: float = 0.0
+    bytes_in: int = 0
+    """Request body bytes read so far, counted as they arrive (before the request is whole)."""
     received: list[Received] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
+    _server: _Server | None = None
     _release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _conns: set[socket.socket] = field(default_factory=set)
@@ -75,14 +86,26 @@ class HttpUpstream:
                 pass
 
             def _body(self) -> int:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    total = 0
+                    while size := int(self.rfile.readline().split(b";")[0] or b"0", 16):
+                        total += len(self.rfile.read(size))
+                        self.rfile.readline()
+                        with up._lock:
+                            up.bytes_in += size
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return total
                 n = int(self.headers.get("Content-Length") or 0)
                 left, total = n, 0
                 while left > 0:
-                    chunk = self.rfile.read(min(left, 1 << 16))
+                    chunk = self.rfile.read1(min(left, 1 << 16))  # what has arrived
                     if not chunk:
                         break
                     total += len(chunk)
                     left -= len(chunk)
+                    with up._lock:
+                        up.bytes_in += len(chunk)
                 return total
 
             def _handle(self) -> None:
@@ -143,7 +166,7 @@ class HttpUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = _handle  # noqa: N815
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = _Server(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
