@@ -66,6 +66,7 @@ class Child(protocol.ProcessProtocol):
         self.ready = False
         self.dead = False
         self.killing = False
+        self.retiring = False  # a restart was asked: killed once its call is answered
         self.kill_reason = ""
         self.born = time.monotonic()
         self.answered = 0
@@ -362,6 +363,28 @@ class ProcessPool:
             child.kill("sidecar shutting down")
         return defer.DeferredList(ends).addCallback(lambda _: None)  # type: ignore[arg-type]
 
+    def restart(self) -> None:
+        """New children for new calls (`on_change: {restart: BACKEND}`): the replacements start
+        now, an idle child is ended now, a busy one once its call is answered. Per-call mode
+        starts the program for every call anyway: nothing to do."""
+        if self.stopping or self.spec.mode == "per-call":
+            return
+        old = [c for c in self.children if not c.dead and not c.killing and not c.retiring]
+        log.info("backend_restart", backend=self.spec.name, children=len(old))
+        self.failures = 0  # the change may be the fix of a crash loop: start at once
+        if self.respawn_call is not None and self.respawn_call.active():
+            self.respawn_call.cancel()
+        for child in old:
+            child.retiring = True
+            if child in self.idle:
+                self.idle.remove(child)
+        for _ in range(self.spec.pool_size):
+            self._spawn()
+        for child in old:
+            if child.call is None:
+                child.kill("restart requested")
+        self._gauge()
+
     @property
     def ready(self) -> bool:
         if self.spec.mode == "per-call":
@@ -479,6 +502,10 @@ class ProcessPool:
             self._spawn()
 
     def child_idle(self, child: Child) -> None:
+        if child.retiring:
+            child.kill("restart requested")
+            self._gauge()
+            return
         while self.waiting:
             call = self.waiting.popleft()
             if call.deferred.called:
@@ -523,7 +550,7 @@ class ProcessPool:
     def _dispatch(self, call: Call) -> bool:
         while self.idle:
             child = self.idle.popleft()
-            if child.dead or child.killing or child.call is not None:
+            if child.dead or child.killing or child.retiring or child.call is not None:
                 continue
             child.send(call)
             self._gauge()
