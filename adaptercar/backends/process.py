@@ -23,6 +23,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from .. import metrics
+from ..companion.tail import LogEmitter
 from ..logs import log
 from ..mapping.errors import CallError, Code, quote_raw
 from ..mapping.framing import Decoder, Framing, FramingError
@@ -160,17 +161,23 @@ class Child(protocol.ProcessProtocol):
         self.err_buf += data
         if b"\n" not in self.err_buf and len(self.err_buf) <= MAX_STDERR_LINE:
             return
-        *lines, rest = self.err_buf.split(b"\n")
+        *whole, rest = self.err_buf.split(b"\n")
+        lines = [(raw.rstrip(b"\r"), False) for raw in whole]
         if len(rest) > MAX_STDERR_LINE:
-            lines.append(rest[:MAX_STDERR_LINE])
+            lines.append((rest[:MAX_STDERR_LINE], True))
             rest = b""
         self.err_buf = rest
-        for raw in lines:
-            self._stderr_line(raw.rstrip(b"\r").decode(self.pool.spec.encoding, "replace"))
+        self._stderr_lines(lines)
+
+    def _stderr_lines(self, lines: list[tuple[bytes, bool]]) -> None:
+        """Logged as the companion logs a legacy log file (`legacy_log`, `source` = backend),
+        then each line is offered to the call's stderr rules."""
+        self.pool.stderr_log.emit(lines, {"child_pid": self.pid})
+        for raw, _ in lines:
+            self._stderr_line(raw.decode(self.pool.spec.encoding, "replace"))
 
     def _stderr_line(self, line: str) -> None:
         self.stderr_tail.append(line)
-        log.info("legacy_stderr", backend=self.pool.spec.name, child_pid=self.pid, line=line)
         if self.per_call:
             if self.stderr_bytes < self.pool.spec.max_reply_bytes:
                 self.stderr_all.append(line)
@@ -207,7 +214,7 @@ class Child(protocol.ProcessProtocol):
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         if self.err_buf:
-            self._stderr_line(self.err_buf.decode(self.pool.spec.encoding, "replace"))
+            self._stderr_lines([(self.err_buf.rstrip(b"\r"), False)])
             self.err_buf = b""
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
@@ -340,6 +347,8 @@ class ProcessPool:
         self.stopping = False
         self.spawn_ok: bool | None = None
         self._enders: dict[int, list[defer.Deferred[None]]] = {}
+        self.stderr_log = LogEmitter(spec.name, None, {"source": spec.name, "backend": spec.name,
+                                                       "stream": "stderr"}, encoding=spec.encoding)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
