@@ -61,20 +61,36 @@ class Demo:
             "LEDGER_ADDR": f"127.0.0.1:{p['ledger']}", "LEDGER_USER": "demo", "LEDGER_PASS": "demo",
             "GRPC_PORT": str(p["grpc"]), "HTTP_PORT": str(p["http"]), "ADMIN_PORT": str(p["admin"]),
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "DEMO_DIR": str(self.logdir),  # where the companion part of the config reads and writes
         }
+
+    def _fixture(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=log, env=env,
+                                cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _started(proc: subprocess.Popen[bytes], word: str, what: str) -> None:
+        assert proc.stdout is not None
+        if not proc.stdout.readline().decode().startswith(word):
+            raise RuntimeError(f"the {what} did not start (see its log)")
 
     def start(self) -> None:
         env = self.env()
-        fixture_log = open(self.logdir / "ledger.log", "wb")  # noqa: SIM115 - lives as long as the child
-        fx = subprocess.Popen(
-            [sys.executable, "-m", "legacy_fixtures.ledger", "--port", str(self.ports["ledger"])],
-            stdout=subprocess.PIPE, stderr=fixture_log, env=env, cwd=ROOT,
-        )
-        self.procs.append(fx)
-        assert fx.stdout is not None
-        line = fx.stdout.readline().decode().strip()
-        if not line.startswith("LISTENING"):
-            raise RuntimeError(f"the ledger fixture did not start (see {self.logdir / 'ledger.log'})")
+        # the companion tails the ledger's log `from: start` and renders confwatch.conf: begin
+        # both afresh, so this run's lines are the ones shown and confwatch gets its SIGHUP
+        for name in ("ledger-app.log", "confwatch.conf"):
+            (self.logdir / name).unlink(missing_ok=True)
+        d = self.logdir
+        fx = self._fixture("ledger", ["legacy_fixtures.ledger", "--port", str(self.ports["ledger"]),
+                                      "--log", str(d / "ledger-app.log")], env)
+        cw = self._fixture("confwatch", ["legacy_fixtures.confwatch", "--config", str(d / "confwatch.conf"),
+                                         "--pidfile", str(d / "confwatch.pid"),
+                                         "--status", str(d / "confwatch.status.json")], env)
+        self._started(fx, "LISTENING", f"ledger fixture ({d / 'ledger.log'})")
+        self._started(cw, "CONFWATCH READY", f"confwatch fixture ({d / 'confwatch.log'})")
         sidecar_log = open(self.logdir / "sidecar.log", "wb")  # noqa: SIM115
         sc = subprocess.Popen(
             [sys.executable, "-m", "adaptercar.cli", "run", "-c", str(DEMO_CONFIG)],
@@ -117,12 +133,15 @@ class Demo:
 adaptercar demo: two legacy programs are now also gRPC and JSON/HTTP APIs:
   - the 1990s ledger server (legacy_fixtures/ledger, a TCP line protocol on 127.0.0.1:{p['ledger']})
   - ratequote, a stdin/stdout batch program (legacy_fixtures/ratequote), run as a pool of 2 children
+and companion duties for them (docs/companion.md): the ledger's log file re-emitted as JSON lines
+(event legacy_log), its STATS command polled into gauges (legacy_ledger_*), and the config file
+of confwatch (legacy_fixtures/confwatch) rendered from examples/demo/values/, then a SIGHUP to it
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
   admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config, POST /reload)
   config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml
-  logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log
+  logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log, ledger-app.log, confwatch.log
 
 Try:
   curl {h}/v1/accounts/1001/balance
@@ -135,6 +154,9 @@ Try:
   curl -X POST {h}/v1/quotes -d '{{"product":"WIDGET","quantity":3,"region":"EU"}}'
   curl {h}/openapi.json
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
+  curl http://127.0.0.1:{p['admin']}/metrics | grep legacy_ledger_
+  grep legacy_log {self.logdir}/sidecar.log
+  echo 50 > examples/demo/values/max_sessions; sleep 2; tail -1 {self.logdir}/confwatch.log
 
 Press Ctrl-C to stop.
 """
@@ -151,6 +173,59 @@ def _http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+def _eventually(call: Callable[[], Any], good: Callable[[Any], bool], timeout: float = 15.0) -> Any:
+    """For what happens on its own schedule (a stats poll, a log tail, a render): the first
+    result that is good, else the last one."""
+    end = time.monotonic() + timeout
+    while True:
+        result = call()
+        if good(result) or time.monotonic() > end:
+            return result
+        time.sleep(0.2)
+
+
+def _metric_lines(port: int, prefix: str) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return [line for line in r.read().decode().splitlines() if line.startswith(prefix)]
+
+
+def _legacy_log_lines(logdir: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (logdir / "sidecar.log").read_text(errors="replace").splitlines():
+        if '"legacy_log"' in line:
+            rec = json.loads(line)
+            if rec.get("source") == "ledger-app":
+                out.append(rec)
+    return out
+
+
+def _confwatch(logdir: Path) -> tuple[str, Any]:
+    rendered = logdir / "confwatch.conf"
+    try:
+        status = json.loads((logdir / "confwatch.status.json").read_text())
+    except (OSError, ValueError):
+        status = None
+    return (rendered.read_text() if rendered.exists() else "(not written)"), status
+
+
+def _companion_checks(ports: dict[str, int], logdir: Path) -> list[Check]:
+    values = {p.name: p.read_text().rstrip("\n") for p in (DEMO_CONFIG.parent / "values").iterdir()}
+    return [
+        ("companion stats: legacy_ledger_accounts on /metrics",
+         lambda: _eventually(lambda: _metric_lines(ports["admin"], "legacy_ledger_accounts"),
+                             lambda r: r == ['legacy_ledger_accounts{backend="ledger"} 3.0']),
+         lambda r: r == ['legacy_ledger_accounts{backend="ledger"} 3.0']),
+        ("companion logs: the ledger's log lines as legacy_log",
+         lambda: _eventually(lambda: [(r["level"], r["msg"]) for r in _legacy_log_lines(logdir)][:2],
+                             lambda r: len(r) == 2),
+         lambda r: len(r) == 2 and r[0][0] == "INFO" and r[0][1].startswith("ledger listening on")),
+        ("companion config: confwatch.conf rendered, confwatch reloaded it on SIGHUP",
+         lambda: _eventually(lambda: _confwatch(logdir), lambda r: bool(r[1] and r[1]["hups"] >= 1)),
+         lambda r: all(f"{k} = {v}" in r[0] for k, v in values.items())
+         and r[1]["hups"] >= 1 and r[1]["values"] == values),
+    ]
 
 
 def _checks(ports: dict[str, int]) -> list[Check]:
@@ -244,9 +319,10 @@ def _raw_post(port: int, path: str, body: bytes) -> tuple[int, Any]:
         return e.code, json.loads(e.read() or b"null")
 
 
-def run_checks(ports: dict[str, int]) -> bool:
+def run_checks(ports: dict[str, int], logdir: Path | None = None) -> bool:
     all_ok = True
-    for name, call, good in _checks(ports):
+    checks = _checks(ports) + (_companion_checks(ports, logdir) if logdir is not None else [])
+    for name, call, good in checks:
         try:
             result = call()
             ok = bool(good(result))
@@ -269,7 +345,7 @@ def run_demo(check: bool = False) -> int:
         if check:
             print(f"adaptercar demo --check: ledger on :{demo.ports['ledger']}, gRPC :{demo.ports['grpc']}, "
                   f"JSON :{demo.ports['http']}, admin :{demo.ports['admin']}")
-            ok = run_checks(demo.ports)
+            ok = run_checks(demo.ports, demo.logdir)
             print("all demo calls answered correctly" if ok else "some demo calls FAILED "
                   f"(logs in {demo.logdir})")
             return 0 if ok else 1

@@ -621,7 +621,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     ledger = start_ledger(tmp, journal=False)
     try:
         target, started = start_sidecar(ROOT / "examples" / "demo" / "adaptercar.yaml", tmp,
-                                        {**DEMO_ENV, "LEDGER_ADDR": ledger.address}, False)
+                                        {**DEMO_ENV, "LEDGER_ADDR": ledger.address, "DEMO_DIR": str(tmp)}, False)
     except Exception:
         ledger.stop()
         raise
