@@ -23,8 +23,6 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 REPORT_FD = 3
 MAX_LINE = 1 << 20
-WORKER_ENV = "ADAPTERCAR_WORKER"  # set in worker processes: fd 3 leads to the supervisor
-
 _restart_handlers: list[Callable[[str], None]] = []
 
 
@@ -46,9 +44,10 @@ def restart_here(backend: str) -> None:
 
 
 def request_restart(backend: str) -> None:
-    """Restart `backend` wherever it runs: via the supervisor from a worker, else right here."""
-    if os.environ.get(WORKER_ENV) == "1":
-        Reporter().send({"type": "restart", "backend": backend})
+    """Restart `backend` wherever it runs: via the supervisor from a worker (a process that has
+    a Reporter), else right here (--single-process)."""
+    if Reporter.current is not None:
+        Reporter.current.send({"type": "restart", "backend": backend})
     else:
         restart_here(backend)
 
@@ -82,11 +81,15 @@ class LineSplitter:
 
 
 class Reporter:
-    """Worker side: writes reports to fd 3 (blocking writes of small lines are fine)."""
+    """Worker side: writes reports to fd 3 (blocking writes of small lines are fine).
+    Only a worker makes one: `Reporter.current` is how other parts know they are in a worker."""
+
+    current: Reporter | None = None
 
     def __init__(self, fd: int = REPORT_FD) -> None:
         self.fd = fd
         self.ok = True
+        Reporter.current = self
 
     def send(self, obj: dict[str, Any]) -> None:
         if not self.ok:
