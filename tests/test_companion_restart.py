@@ -133,3 +133,40 @@ def test_restarting_a_line_backend_reconnects_its_pool(ledger: Ledger, sidecars:
         [m for m in sc.metrics().splitlines() if "restarts" in m]
     time.sleep(0.5)
     assert logins() == 4  # replaced once, not in a loop
+
+
+SLOW_PROGRAM = """\
+import sys, time
+price = int(open(sys.argv[1]).read().split()[1])  # 'WIDGET <cents>', read once at start
+for line in sys.stdin:
+    if line[:10].strip() == "SLOW":
+        time.sleep(6)
+    print(f"OK {price:012d}{price:014d}EUREU  ", flush=True)
+"""
+
+
+def test_a_busy_child_finishes_its_call_while_new_calls_go_to_a_new_child(
+        sidecars: Any, tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    cfg["backends"]["ratequote"]["process"].update(
+        command=[sys.executable, "-c", SLOW_PROGRAM, str(tmp_path / "rates.txt")], pool={"size": 1},
+        timeout="10s")
+    sc: Sidecar = sidecars(cfg, single_process=True)
+    [old] = _children(sc)
+    slow: list[Any] = []
+
+    def slow_call() -> None:
+        slow.append(sc.http("POST", "/v1/quotes", {"product": "SLOW", "quantity": 1, "region": "EU"}))
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.3)  # the slow call is in the only child now
+    _set(tmp_path / "values", "widget", "2000")
+    started = time.monotonic()
+    _until(lambda: _unit(sc) == 2000, what="a new child answering")
+    answered_new_in = time.monotonic() - started
+    caller.join(15)
+    [(status, body, _)] = slow
+    assert status == 200 and body["unitPriceCents"] == "1250", body  # the old child, not killed
+    assert answered_new_in < 5, answered_new_in  # not queued behind the 6 s call
+    _until(lambda: (c := _children(sc)) and old not in c, what="the old child gone after its call")
