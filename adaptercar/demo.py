@@ -83,6 +83,11 @@ class Demo:
         # both afresh, so this run's lines are the ones shown and confwatch gets its SIGHUP
         for name in ("ledger-app.log", "confwatch.conf"):
             (self.logdir / name).unlink(missing_ok=True)
+        overrides = self.logdir / "values"  # the second values folder: empty at start
+        overrides.mkdir(exist_ok=True)
+        for old in overrides.iterdir():
+            if old.is_file():
+                old.unlink()
         d = self.logdir
         fx = self._fixture("ledger", ["legacy_fixtures.ledger", "--port", str(self.ports["ledger"]),
                                       "--log", str(d / "ledger-app.log")], env)
@@ -135,7 +140,8 @@ adaptercar demo: two legacy programs are now also gRPC and JSON/HTTP APIs:
   - ratequote, a stdin/stdout batch program (legacy_fixtures/ratequote), run as a pool of 2 children
 and companion duties for them (docs/companion.md): the ledger's log file re-emitted as JSON lines
 (event legacy_log), its STATS command polled into gauges (legacy_ledger_*), and the config file
-of confwatch (legacy_fixtures/confwatch) rendered from examples/demo/values/, then a SIGHUP to it
+of confwatch (legacy_fixtures/confwatch) rendered from examples/demo/values/ (a file in
+{self.logdir}/values/ overrides one), then a SIGHUP to it
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
@@ -156,7 +162,7 @@ Try:
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
   curl http://127.0.0.1:{p['admin']}/metrics | grep legacy_ledger_
   grep legacy_log {self.logdir}/sidecar.log
-  echo 50 > examples/demo/values/max_sessions; sleep 2; tail -1 {self.logdir}/confwatch.log
+  echo 50 > {self.logdir}/values/max_sessions; sleep 2; tail -1 {self.logdir}/confwatch.log
 
 Press Ctrl-C to stop.
 """

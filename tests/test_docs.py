@@ -618,6 +618,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """The demo as `make demo` runs it: the ledger fixture and `adaptercar run` (supervisor and
     workers) on examples/demo/adaptercar.yaml."""
     tmp = tmp_path_factory.mktemp("demo")
+    (tmp / "values").mkdir()  # the demo's second values folder (in DEMO_DIR)
     ledger = start_ledger(tmp, journal=False)
     try:
         target, started = start_sidecar(ROOT / "examples" / "demo" / "adaptercar.yaml", tmp,
