@@ -64,29 +64,49 @@ class Demo:
             "GRPC_PORT": str(p["grpc"]), "HTTP_PORT": str(p["http"]), "ADMIN_PORT": str(p["admin"]),
             "FX_PORT": str(p["fx"]), "FX_ADDR": f"127.0.0.1:{p['fx_upstream']}",
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "DEMO_DIR": str(self.logdir),  # where the companion part of the config reads and writes
         }
+
+    def _fixture(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=log, env=env,
+                                cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _started(proc: subprocess.Popen[bytes], word: str, what: str) -> None:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if not line.strip() or not line.startswith(word):
+            raise RuntimeError(f"the {what} did not start (see its log)")
 
     def start(self) -> None:
         env = self.env()
+        # the companion tails the ledger's log `from: start` and renders confwatch.conf: begin
+        # both afresh, so this run's lines are the ones shown and confwatch gets its SIGHUP
+        for name in ("ledger-app.log", "confwatch.conf"):
+            (self.logdir / name).unlink(missing_ok=True)
+        overrides = self.logdir / "values"  # the second values folder: empty at start
+        overrides.mkdir(exist_ok=True)
+        for old in overrides.iterdir():
+            if old.is_file():
+                old.unlink()
+        d = self.logdir
         # the fixtures start at once; each prints a line when its port is open
-        fixtures = [self._spawn_fixture(name, env) for name in ("ledger", "crm")]
+        fx = self._fixture("ledger", ["legacy_fixtures.ledger", "--port", str(self.ports["ledger"]),
+                                      "--log", str(d / "ledger-app.log")], env)
+        crm = self._fixture("crm", ["legacy_fixtures.crm", "--port", str(self.ports["crm"])], env)
         # the service the ledger calls out to through the ambassador route
-        rates_log = open(self.logdir / "fx-rates.log", "wb")  # noqa: SIM115 - lives as long as the child
-        rates = subprocess.Popen(
-            [sys.executable, "-m", "legacy_fixtures.upstreams.http_upstream", "--name", "fx-rates",
-             "--port", str(self.ports["fx_upstream"])],
-            stdout=subprocess.PIPE, stderr=rates_log, env=env, cwd=ROOT,
-        )
-        self.procs.append(rates)
-        for name, fx in fixtures:
-            assert fx.stdout is not None
-            line = fx.stdout.readline().decode().strip()
-            if not line.startswith("LISTENING"):
-                raise RuntimeError(f"the {name} fixture did not start "
-                                   f"(see {self.logdir / f'{name}.log'})")
-        assert rates.stdout is not None
-        if not rates.stdout.readline().strip():
-            raise RuntimeError(f"the fx-rates upstream did not start (see {self.logdir / 'fx-rates.log'})")
+        rates = self._fixture("fx-rates", ["legacy_fixtures.upstreams.http_upstream", "--name",
+                                           "fx-rates", "--port", str(self.ports["fx_upstream"])], env)
+        cw = self._fixture("confwatch", ["legacy_fixtures.confwatch", "--config", str(d / "confwatch.conf"),
+                                         "--pidfile", str(d / "confwatch.pid"),
+                                         "--status", str(d / "confwatch.status.json")], env)
+        self._started(fx, "LISTENING", f"ledger fixture ({d / 'ledger.log'})")
+        self._started(crm, "LISTENING", f"crm fixture ({d / 'crm.log'})")
+        self._started(rates, "", f"fx-rates upstream ({d / 'fx-rates.log'})")
+        self._started(cw, "CONFWATCH READY", f"confwatch fixture ({d / 'confwatch.log'})")
         sidecar_log = open(self.logdir / "sidecar.log", "wb")  # noqa: SIM115
         sc = subprocess.Popen(
             [sys.executable, "-m", "adaptercar.cli", "run", "-c", str(DEMO_CONFIG)],
@@ -94,15 +114,6 @@ class Demo:
         )
         self.procs.append(sc)
         self.wait_ready(sc)
-
-    def _spawn_fixture(self, name: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
-        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the child
-        fx = subprocess.Popen(
-            [sys.executable, "-m", f"legacy_fixtures.{name}", "--port", str(self.ports[name])],
-            stdout=subprocess.PIPE, stderr=log, env=env, cwd=ROOT,
-        )
-        self.procs.append(fx)
-        return name, fx
 
     def wait_ready(self, sc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         url = f"http://127.0.0.1:{self.ports['admin']}/readyz"
@@ -141,7 +152,10 @@ adaptercar demo: three legacy programs are now also gRPC and JSON/HTTP APIs:
   - crm, a SOAP CustomerService (legacy_fixtures/crm, http://127.0.0.1:{p['crm']}/crm?wsdl)
 and an outbound route: the legacy side calls 127.0.0.1:{p['fx']} and the ambassador forwards to
 the fx-rates service (an HTTP test upstream on 127.0.0.1:{p['fx_upstream']}) with timeouts,
-retries and a circuit breaker.
+retries and a circuit breaker; and companion duties (docs/companion.md): the ledger's log file
+re-emitted as JSON lines (event legacy_log), its STATS command polled into gauges
+(legacy_ledger_*), and the config file of confwatch (legacy_fixtures/confwatch) rendered from
+examples/demo/values/ (a file in {self.logdir}/values/ overrides one), then a SIGHUP to it.
 
   JSON/HTTP  {h}
   gRPC       127.0.0.1:{p['grpc']}   (server reflection on: grpcurl -plaintext 127.0.0.1:{p['grpc']} list)
@@ -149,7 +163,7 @@ retries and a circuit breaker.
   admin      http://127.0.0.1:{p['admin']}   (/healthz /readyz /metrics /config /ambassador, POST /reload)
   config     {DEMO_CONFIG.relative_to(ROOT)}   mappings: mappings/ledger.yaml, mappings/ratequote.yaml,
              docs/examples/crm/mapping.yaml
-  logs       {self.logdir}/sidecar.log (JSON lines), {self.logdir}/ledger.log, {self.logdir}/crm.log
+  logs       {self.logdir}/sidecar.log (JSON lines), ledger.log, ledger-app.log, crm.log, confwatch.log
 
 Try:
   curl {h}/v1/accounts/1001/balance
@@ -167,6 +181,9 @@ Try:
   curl http://127.0.0.1:{p['fx']}/rates/EUR     # through the ambassador route to fx-rates
   curl http://127.0.0.1:{p['admin']}/ambassador
   curl http://127.0.0.1:{p['admin']}/metrics | grep adaptercar_requests_total
+  curl http://127.0.0.1:{p['admin']}/metrics | grep legacy_ledger_
+  grep legacy_log {self.logdir}/sidecar.log
+  echo 50 > {self.logdir}/values/max_sessions; sleep 2; tail -1 {self.logdir}/confwatch.log
 
 Press Ctrl-C to stop.
 """
@@ -183,6 +200,59 @@ def _http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+def _eventually(call: Callable[[], Any], good: Callable[[Any], bool], timeout: float = 15.0) -> Any:
+    """For what happens on its own schedule (a stats poll, a log tail, a render): the first
+    result that is good, else the last one."""
+    end = time.monotonic() + timeout
+    while True:
+        result = call()
+        if good(result) or time.monotonic() > end:
+            return result
+        time.sleep(0.2)
+
+
+def _metric_lines(port: int, prefix: str) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return [line for line in r.read().decode().splitlines() if line.startswith(prefix)]
+
+
+def _legacy_log_lines(logdir: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (logdir / "sidecar.log").read_text(errors="replace").splitlines():
+        if '"legacy_log"' in line:
+            rec = json.loads(line)
+            if rec.get("source") == "ledger-app":
+                out.append(rec)
+    return out
+
+
+def _confwatch(logdir: Path) -> tuple[str, Any]:
+    rendered = logdir / "confwatch.conf"
+    try:
+        status = json.loads((logdir / "confwatch.status.json").read_text())
+    except (OSError, ValueError):
+        status = None
+    return (rendered.read_text() if rendered.exists() else "(not written)"), status
+
+
+def _companion_checks(ports: dict[str, int], logdir: Path) -> list[Check]:
+    values = {p.name: p.read_text().rstrip("\n") for p in (DEMO_CONFIG.parent / "values").iterdir()}
+    return [
+        ("companion stats: legacy_ledger_accounts on /metrics",
+         lambda: _eventually(lambda: _metric_lines(ports["admin"], "legacy_ledger_accounts"),
+                             lambda r: r == ['legacy_ledger_accounts{backend="ledger"} 3.0']),
+         lambda r: r == ['legacy_ledger_accounts{backend="ledger"} 3.0']),
+        ("companion logs: the ledger's log lines as legacy_log",
+         lambda: _eventually(lambda: [(r["level"], r["msg"]) for r in _legacy_log_lines(logdir)][:2],
+                             lambda r: len(r) == 2),
+         lambda r: len(r) == 2 and r[0][0] == "INFO" and r[0][1].startswith("ledger listening on")),
+        ("companion config: confwatch.conf rendered, confwatch reloaded it on SIGHUP",
+         lambda: _eventually(lambda: _confwatch(logdir), lambda r: bool(r[1] and r[1]["hups"] >= 1)),
+         lambda r: all(f"{k} = {v}" in r[0] for k, v in values.items())
+         and r[1]["hups"] >= 1 and r[1]["values"] == values),
+    ]
 
 
 def _checks(ports: dict[str, int]) -> list[Check]:
@@ -299,9 +369,10 @@ def _raw_post(port: int, path: str, body: bytes) -> tuple[int, Any]:
         return e.code, json.loads(e.read() or b"null")
 
 
-def run_checks(ports: dict[str, int]) -> bool:
+def run_checks(ports: dict[str, int], logdir: Path | None = None) -> bool:
     all_ok = True
-    for name, call, good in _checks(ports):
+    checks = _checks(ports) + (_companion_checks(ports, logdir) if logdir is not None else [])
+    for name, call, good in checks:
         try:
             result = call()
             ok = bool(good(result))
@@ -326,7 +397,7 @@ def run_demo(check: bool = False) -> int:
                   f":{demo.ports['crm']}, gRPC :{demo.ports['grpc']}, "
                   f"JSON :{demo.ports['http']}, admin :{demo.ports['admin']}, "
                   f"ambassador :{demo.ports['fx']}")
-            ok = run_checks(demo.ports)
+            ok = run_checks(demo.ports, demo.logdir)
             print("all demo calls answered correctly" if ok else "some demo calls FAILED "
                   f"(logs in {demo.logdir})")
             return 0 if ok else 1

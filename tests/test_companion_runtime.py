@@ -75,3 +75,29 @@ def test_a_backend_going_down_flips_up_to_zero(ledger: Ledger, sidecars: Any, tm
     ledger.stop()
     _until(lambda: sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 0)
     assert sc.metric_value("legacy_accounts", backend="ledger") == 3  # last value kept
+
+
+def test_from_start_reads_what_the_file_already_holds(sidecars: Any, tmp_path: Path) -> None:
+    old, new = tmp_path / "old.log", tmp_path / "new.log"
+    old.write_text("INFO written before the sidecar started\n")
+    new.write_text("INFO also before, but from the end: skipped\n")
+    cfg = {"admin": {}, "log": {"level": "info"},
+           "companion": {"logs": [{"path": str(old), "from": "start", "fields": {"source": "old"}},
+                                  {"path": str(new), "fields": {"source": "new"}}]}}
+    sc: Sidecar = sidecars(cfg, single_process=True)
+    with new.open("a") as w:
+        w.write("INFO after start\n")
+    _until(lambda: len([r for r in sc.log_records() if r.get("event") == "legacy_log"]) >= 2)
+    time.sleep(0.5)
+    recs = [(r["source"], r["msg"]) for r in sc.log_records() if r.get("event") == "legacy_log"]
+    assert recs == [("old", "INFO written before the sidecar started"), ("new", "INFO after start")]
+
+
+def test_from_takes_start_or_end_only(tmp_path: Path) -> None:
+    from adaptercar.compile import load_all
+
+    path = tmp_path / "adaptercar.yaml"
+    path.write_text("admin: {}\ncompanion:\n  logs:\n    - path: app.log\n      from: middle\n")
+    problems = [p.format() for p in load_all(path, run_examples=False).problems]
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:5:"), problems
+    assert "companion.logs[0].from" in problems[0] and "'end'" in problems[0] and "'start'" in problems[0]

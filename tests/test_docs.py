@@ -622,12 +622,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     from tests.test_soap_fixture import start_crm
 
     tmp = tmp_path_factory.mktemp("demo")
+    (tmp / "values").mkdir()  # the demo's second values folder (in DEMO_DIR)
     ledger = start_ledger(tmp, journal=False)
     crm = start_crm()
     try:
         target, started = start_sidecar(ROOT / "examples" / "demo" / "adaptercar.yaml", tmp,
                                         {**DEMO_ENV, "LEDGER_ADDR": ledger.address,
-                                         "CRM_URL": crm.url, "FX_PORT": str(free_port())}, False)
+                                         "CRM_URL": crm.url, "FX_PORT": str(free_port()),
+                                         "DEMO_DIR": str(tmp)}, False)
     except Exception:
         ledger.stop()
         crm.stop()

@@ -201,6 +201,11 @@ def events(sc: Sidecar, name: str) -> list[dict[str, Any]]:
     return [r for r in sc.log_records() if r.get("event") == name]
 
 
+def stderr_lines(sc: Sidecar, backend: str = "ratequote") -> list[dict[str, Any]]:
+    """Children's stderr lines: logged as the companion logs legacy log files."""
+    return [r for r in events(sc, "legacy_log") if r.get("source") == backend]
+
+
 def at_least(sc: Sidecar, name: str, n: int) -> list[dict[str, Any]] | None:
     found = events(sc, name)
     return found if len(found) >= n else None
@@ -279,9 +284,9 @@ def test_concurrent_calls_over_a_pool_of_two_reach_their_own_callers(sidecars: A
             f.result()
     assert children(sc) == pids  # nobody was restarted
     # both children served: each logs a stderr line per request it rated (as a child_pid)
-    served = {r["child_pid"] for r in events(sc, "legacy_stderr")}
+    served = {r["child_pid"] for r in stderr_lines(sc)}
     assert served == set(pids)
-    assert {r["pid"] for r in events(sc, "legacy_stderr")} == {sc.proc.pid}  # the sidecar's own field
+    assert {r["pid"] for r in stderr_lines(sc)} == {sc.proc.pid}  # the sidecar's own field
     metric_settles(sc, "adaptercar_backend_requests_total", lambda v: v == 40, backend="ratequote", outcome="ok")
     assert backend_state(sc)["busy"] == 0
 
@@ -616,9 +621,9 @@ def test_stderr_noise_is_logged_and_never_a_reply(tmp_path: Path, sidecars: Any,
     rpc = rpcs(sc)
     pids = children(sc)
     assert_quotes_work(sc, rpc, 8)
-    noise = wait_until(lambda: [r for r in events(sc, "legacy_stderr") if r["line"].startswith("ratequote: rating")]
-                       if len(events(sc, "legacy_stderr")) >= 8 else None, 10, "the noise logged")
-    assert [r["line"] for r in noise] == [f"ratequote: rating {p}" for p in
+    noise = wait_until(lambda: [r for r in stderr_lines(sc) if r["msg"].startswith("ratequote: rating")]
+                       if len(stderr_lines(sc)) >= 8 else None, 10, "the noise logged")
+    assert [r["msg"] for r in noise] == [f"ratequote: rating {p}" for p in
                                           ("WIDGET", "GADGET", "SPROCKET", "GIZMO") * 2]
     assert all(r["backend"] == "ratequote" and r["child_pid"] in pids for r in noise)
     assert children(sc) == pids

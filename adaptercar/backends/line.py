@@ -223,6 +223,7 @@ class LegacyConnection(TxProtocol):
                 ("expect", ExpectReader(expect, spec.encoding, f"on_connect step {i + 1} of {steps}"))
             )
         self.ready = False
+        self.retiring = False  # a restart was asked: no new calls, closed once its calls are done
         self.replies = 0  # replies read to their end: proof the conversation works
         self.closed = False
         self.born = time.monotonic()
@@ -380,7 +381,7 @@ class LegacyConnection(TxProtocol):
 
     def abort(self, why: str, kind: str = "closed-unknown-state") -> None:
         """Close at once, unread bytes and all. `kind` is the restarts metric's reason label:
-        closed-unknown-state, timeout, login-failed, max-age or idle-timeout."""
+        closed-unknown-state, timeout, login-failed, max-age, idle-timeout or restart."""
         if self.closed:
             return
         self.closed = True
@@ -506,6 +507,23 @@ class LinePool:
         for conn in list(self.conns):
             if conn.transport is not None:
                 conn._t().loseConnection()
+
+    def restart(self) -> None:
+        """Reconnect (`on_change: {restart: BACKEND}`): new connections for new calls; one
+        with calls in flight takes no more and closes once they are answered."""
+        if self.stopping or not self.started:
+            return
+        log.info("backend_restart", backend=self.spec.name, connections=len(self.conns))
+        for conn in list(self.conns):
+            if conn.closed or conn.retiring or not conn.ready:
+                continue  # one still logging in is as new as a replacement would be
+            conn.retiring = True
+            self._recycle_if_old(conn)
+        self.failures = 0
+        if self.reconnect_call is not None and self.reconnect_call.active():
+            self.reconnect_call.cancel()
+        self._refill()
+        self._gauge()
 
     @property
     def ready(self) -> bool:
@@ -666,7 +684,7 @@ class LinePool:
     def _slots_used(self) -> int:
         """Connections being made (TCP or login) plus live ones. A connection in its login is
         both in `conns` and in `connecting`: counting it twice would leave a slot unfilled."""
-        return self.connecting + sum(1 for c in self.conns if c.ready and not c.closed)
+        return self.connecting + sum(1 for c in self.conns if c.ready and not c.closed and not c.retiring)
 
     def _refill(self) -> None:
         if self.stopping:
@@ -683,7 +701,8 @@ class LinePool:
         if conn in self.conns:
             self.conns.remove(conn)
         live = conn.ready and not self.stopping and self.spec.mode == "pooled"
-        young = conn.replies == 0 and time.monotonic() - conn.born < YOUNG_CONNECTION_S
+        young = (conn.replies == 0 and not conn.retiring
+                 and time.monotonic() - conn.born < YOUNG_CONNECTION_S)
         if live and not young:
             self.failures = 0
             self.grace_until = time.monotonic() + self.spec.connect_timeout
@@ -725,6 +744,9 @@ class LinePool:
 
     def _recycle_if_old(self, conn: LegacyConnection) -> None:
         spec = self.spec
+        if conn.retiring and not conn.inflight:
+            conn.abort("restart requested", "restart")
+            return
         if conn.inflight or conn.closed or (spec.max_age is None and spec.idle_timeout is None):
             return
         now = time.monotonic()
@@ -734,7 +756,8 @@ class LinePool:
             conn.abort("idle_timeout reached", "idle-timeout")
 
     def _dispatch_to(self, conn: LegacyConnection) -> None:
-        while self.waiting and not conn.closed and conn.ready and len(conn.inflight) < self.spec.pipeline:
+        while (self.waiting and not conn.closed and conn.ready and not conn.retiring
+               and len(conn.inflight) < self.spec.pipeline):
             call = self.waiting.popleft()
             if call.finished:
                 continue
@@ -821,7 +844,8 @@ class LinePool:
             return
         best: LegacyConnection | None = None
         for conn in self.conns:
-            if conn.ready and not conn.closed and len(conn.inflight) < self.spec.pipeline:
+            if (conn.ready and not conn.closed and not conn.retiring
+                    and len(conn.inflight) < self.spec.pipeline):
                 if self._recycles:
                     self._recycle_if_old(conn)
                     if conn.closed:

@@ -23,6 +23,7 @@ from twisted.internet import defer, protocol
 from twisted.python.failure import Failure
 
 from .. import metrics
+from ..companion.tail import LogEmitter
 from ..logs import log
 from ..mapping.errors import CallError, Code, quote_raw
 from ..mapping.framing import Decoder, Framing, FramingError
@@ -66,6 +67,7 @@ class Child(protocol.ProcessProtocol):
         self.ready = False
         self.dead = False
         self.killing = False
+        self.retiring = False  # a restart was asked: killed once its call is answered
         self.kill_reason = ""
         self.born = time.monotonic()
         self.answered = 0
@@ -159,17 +161,23 @@ class Child(protocol.ProcessProtocol):
         self.err_buf += data
         if b"\n" not in self.err_buf and len(self.err_buf) <= MAX_STDERR_LINE:
             return
-        *lines, rest = self.err_buf.split(b"\n")
+        *whole, rest = self.err_buf.split(b"\n")
+        lines = [(raw.rstrip(b"\r"), False) for raw in whole]
         if len(rest) > MAX_STDERR_LINE:
-            lines.append(rest[:MAX_STDERR_LINE])
+            lines.append((rest[:MAX_STDERR_LINE], True))
             rest = b""
         self.err_buf = rest
-        for raw in lines:
-            self._stderr_line(raw.rstrip(b"\r").decode(self.pool.spec.encoding, "replace"))
+        self._stderr_lines(lines)
+
+    def _stderr_lines(self, lines: list[tuple[bytes, bool]]) -> None:
+        """Logged as the companion logs a legacy log file (`legacy_log`, `source` = backend),
+        then each line is offered to the call's stderr rules."""
+        self.pool.stderr_log.emit(lines, {"child_pid": self.pid})
+        for raw, _ in lines:
+            self._stderr_line(raw.decode(self.pool.spec.encoding, "replace"))
 
     def _stderr_line(self, line: str) -> None:
         self.stderr_tail.append(line)
-        log.info("legacy_stderr", backend=self.pool.spec.name, child_pid=self.pid, line=line)
         if self.per_call:
             if self.stderr_bytes < self.pool.spec.max_reply_bytes:
                 self.stderr_all.append(line)
@@ -206,7 +214,7 @@ class Child(protocol.ProcessProtocol):
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         if self.err_buf:
-            self._stderr_line(self.err_buf.decode(self.pool.spec.encoding, "replace"))
+            self._stderr_lines([(self.err_buf.rstrip(b"\r"), False)])
             self.err_buf = b""
         status = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
@@ -339,6 +347,8 @@ class ProcessPool:
         self.stopping = False
         self.spawn_ok: bool | None = None
         self._enders: dict[int, list[defer.Deferred[None]]] = {}
+        self.stderr_log = LogEmitter(spec.name, None, {"source": spec.name, "backend": spec.name,
+                                                       "stream": "stderr"}, encoding=spec.encoding)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -361,6 +371,28 @@ class ProcessPool:
             ends.append(d)
             child.kill("sidecar shutting down")
         return defer.DeferredList(ends).addCallback(lambda _: None)  # type: ignore[arg-type]
+
+    def restart(self) -> None:
+        """New children for new calls (`on_change: {restart: BACKEND}`): the replacements start
+        now, an idle child is ended now, a busy one once its call is answered. Per-call mode
+        starts the program for every call anyway: nothing to do."""
+        if self.stopping or self.spec.mode == "per-call":
+            return
+        old = [c for c in self.children if not c.dead and not c.killing and not c.retiring]
+        log.info("backend_restart", backend=self.spec.name, children=len(old))
+        self.failures = 0  # the change may be the fix of a crash loop: start at once
+        if self.respawn_call is not None and self.respawn_call.active():
+            self.respawn_call.cancel()
+        for child in old:
+            child.retiring = True
+            if child in self.idle:
+                self.idle.remove(child)
+        for _ in range(self.spec.pool_size):
+            self._spawn()
+        for child in old:
+            if child.call is None:
+                child.kill("restart requested")
+        self._gauge()
 
     @property
     def ready(self) -> bool:
@@ -479,6 +511,10 @@ class ProcessPool:
             self._spawn()
 
     def child_idle(self, child: Child) -> None:
+        if child.retiring:
+            child.kill("restart requested")
+            self._gauge()
+            return
         while self.waiting:
             call = self.waiting.popleft()
             if call.deferred.called:
@@ -523,7 +559,7 @@ class ProcessPool:
     def _dispatch(self, call: Call) -> bool:
         while self.idle:
             child = self.idle.popleft()
-            if child.dead or child.killing or child.call is not None:
+            if child.dead or child.killing or child.retiring or child.call is not None:
                 continue
             child.send(call)
             self._gauge()

@@ -162,6 +162,7 @@ class ConfigRenderer:
                           error="restarting a backend is not available in this process")
             else:
                 self.restart(oc.restart)
+                log.info("companion_on_change", output=self.output, action="restart", backend=oc.restart)
         elif oc.command is not None:
             self.in_thread(self._command, tuple(oc.command))
 

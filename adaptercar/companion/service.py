@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -17,6 +18,7 @@ from twisted.internet import defer
 from ..backends.line import LinePool, LineSpec
 from ..backends.process import ProcessPool, ProcessSpec
 from ..logs import log
+from ..runtime import control
 from .config_render import ConfigRenderer
 from .stats import StatsConfigError, StatsPoller, StatsReader, compile_stats
 from .tail import FileFollower, LogEmitter, LogTail
@@ -29,16 +31,20 @@ class CompanionService(service.Service):
     what = "companion duties"
 
     def __init__(self, config: Any, specs: dict[str, LineSpec | ProcessSpec], reactor: Any,
-                 poll_interval: float = POLL_INTERVAL) -> None:
-        """`config` is the `companion:` section; `specs` the compiled backend specs (Loaded.specs)."""
+                 poll_interval: float = POLL_INTERVAL,
+                 restart: Callable[[str], None] = control.request_restart) -> None:
+        """`config` is the `companion:` section; `specs` the compiled backend specs (Loaded.specs).
+        `restart(backend)` carries out `on_change: {restart: BACKEND}` (in a worker: through the
+        supervisor, to every worker that owns that backend)."""
         self.reactor = reactor
         self.tails: list[LogTail] = []
         self.pollers: list[StatsPoller] = []
-        self.pools: list[LinePool | ProcessPool] = []
+        self.pools: dict[str, LinePool | ProcessPool] = {}
+        self.unregister: Callable[[], None] | None = None
         for entry in config.logs:
             parse = re.compile(entry.parse) if entry.parse else None
             source = str(entry.fields.get("source") or entry.path)
-            follower = FileFollower(str(entry.path), entry.max_line_bytes)
+            follower = FileFollower(str(entry.path), entry.max_line_bytes, from_start=entry.from_ == "start")
             emitter = LogEmitter(source, parse, entry.fields)
             self.tails.append(LogTail(follower, emitter.emit, reactor, poll_interval))
         for entry in config.stats:
@@ -56,23 +62,30 @@ class CompanionService(service.Service):
                 pool = ProcessPool(dataclasses.replace(spec, pool_size=1), reactor)
             else:
                 pool = LinePool(dataclasses.replace(spec, pool_size=1, probe=None), reactor)
-            self.pools.append(pool)
+            self.pools[entry.backend] = pool
             self.pollers.append(StatsPoller(sspec, _sender(pool), reactor))
-        # `on_change: {restart: BACKEND}` needs the supervisor's control channel: not wired yet
-        self.renderers = [ConfigRenderer(entry, in_thread=reactor.callInThread) for entry in config.config]
+        self.renderers = [ConfigRenderer(entry, restart=restart, in_thread=reactor.callInThread)
+                          for entry in config.config]
         self.config_every = CONFIG_EVERY
         self.config_call: Any = None
 
     def startService(self) -> None:  # noqa: N802 - twisted's name
         super().startService()
-        for pool in self.pools:
+        for pool in self.pools.values():
             pool.start()
+        self.unregister = control.on_restart(self._restart_stats_pool)
         for tail in self.tails:
             tail.start()
         for poller in self.pollers:
             poller.start()
         if self.renderers:
             self._render()
+
+    def _restart_stats_pool(self, backend: str) -> None:
+        """A restarted backend's stats are polled from its new children / connections too."""
+        pool = self.pools.get(backend)
+        if pool is not None:
+            pool.restart()
 
     def _render(self) -> None:
         self.config_call = None
@@ -86,13 +99,15 @@ class CompanionService(service.Service):
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - twisted's name
         super().stopService()
+        if self.unregister is not None:
+            self.unregister()
         for poller in self.pollers:
             poller.stop()
         if self.config_call is not None and self.config_call.active():
             self.config_call.cancel()
         for tail in self.tails:
             tail.stop()
-        results = [defer.maybeDeferred(pool.stop) for pool in self.pools]
+        results = [defer.maybeDeferred(pool.stop) for pool in self.pools.values()]
         return defer.DeferredList(results, consumeErrors=True)
 
 

@@ -171,16 +171,19 @@ _RESERVED = frozenset({"ts", "event"})
 
 
 class LogEmitter:
-    """One tailed file's lines → JSON log lines and counters."""
+    """One source's lines → JSON log lines and counters: a tailed file, or the stderr of a
+    process backend's children (`source` is then the backend's name)."""
 
     def __init__(self, source: str, parse: re.Pattern[str] | None, fields: Mapping[str, Any],
-                 stream: Any = None) -> None:
+                 stream: Any = None, encoding: str = "utf-8") -> None:
         self.source = source
         self.parse = parse
         self.fields = dict(fields)
         self.stream = stream
+        self.encoding = encoding
 
-    def emit(self, lines: list[Line]) -> None:
+    def emit(self, lines: list[Line], extra: Mapping[str, Any] | None = None) -> None:
+        """`extra`: fields of these lines only (the pid of the child that wrote them)."""
         if not lines:
             return
         counts: dict[str, int] = {}
@@ -188,12 +191,13 @@ class LogEmitter:
         constant = log.constant
         t = time.time()
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+        fields = {**self.fields, **extra} if extra else self.fields
         for raw, cut in lines:
-            text = raw.decode("utf-8", "replace")
+            text = raw.decode(self.encoding, "replace")
             if text.endswith("\r"):
                 text = text[:-1]
             rec: dict[str, Any] = {"ts": ts, "level": "info", "event": "legacy_log", **constant,
-                                   **self.fields}
+                                   **fields}
             outcome = "raw"
             if self.parse is not None:
                 m = self.parse.search(text)

@@ -577,6 +577,8 @@ class CompanionLog(Strict):
     parse: Regex | None = None
     fields: dict[str, Text] = Field(default_factory=dict)
     max_line_bytes: PositiveInt = 65536
+    from_: Literal["end", "start"] = Field(default="end", alias="from")
+    """Where reading the file there at start begins; a file that appears later is read whole."""
 
 
 class CompanionStats(Strict):

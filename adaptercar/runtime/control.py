@@ -1,8 +1,14 @@
 """The control channel between the supervisor and its workers: JSON lines.
 
-Supervisor → worker on the worker's stdin (`{"cmd": "reload"}`, `{"cmd": "drain"}`);
-worker → supervisor on fd 3 (`{"type": "state", ...}`). Lines, not a framework: both ends are
-ours, and a human can read them with strace when something is wrong.
+Supervisor → worker on the worker's stdin (`{"cmd": "reload"}`, `{"cmd": "drain"}`,
+`{"cmd": "restart", "backend": NAME}`); worker → supervisor on fd 3 (`{"type": "state", ...}`,
+`{"type": "restart", "backend": NAME}`). Lines, not a framework: both ends are ours, and a
+human can read them with strace when something is wrong.
+
+Restarting a backend (`companion.config` `on_change: {restart: NAME}`) goes through here
+because the pools live in other processes: the companion worker asks the supervisor, which
+tells every worker; in each, the parts that own pools registered a handler with `on_restart`.
+In --single-process mode everything is in one process and the handlers run at once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,33 @@ from twisted.protocols.basic import LineOnlyReceiver
 
 REPORT_FD = 3
 MAX_LINE = 1 << 20
+_restart_handlers: list[Callable[[str], None]] = []
+
+
+def on_restart(handler: Callable[[str], None]) -> Callable[[], None]:
+    """Register `handler(backend)` for restart commands; returns the function that removes it."""
+    _restart_handlers.append(handler)
+
+    def remove() -> None:
+        if handler in _restart_handlers:
+            _restart_handlers.remove(handler)
+
+    return remove
+
+
+def restart_here(backend: str) -> None:
+    """Restart `backend` in this process: every registered owner restarts its pool of that name."""
+    for handler in list(_restart_handlers):
+        handler(backend)
+
+
+def request_restart(backend: str) -> None:
+    """Restart `backend` wherever it runs: via the supervisor from a worker (a process that has
+    a Reporter), else right here (--single-process)."""
+    if Reporter.current is not None:
+        Reporter.current.send({"type": "restart", "backend": backend})
+    else:
+        restart_here(backend)
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -48,11 +81,15 @@ class LineSplitter:
 
 
 class Reporter:
-    """Worker side: writes reports to fd 3 (blocking writes of small lines are fine)."""
+    """Worker side: writes reports to fd 3 (blocking writes of small lines are fine).
+    Only a worker makes one: `Reporter.current` is how other parts know they are in a worker."""
+
+    current: Reporter | None = None
 
     def __init__(self, fd: int = REPORT_FD) -> None:
         self.fd = fd
         self.ok = True
+        Reporter.current = self
 
     def send(self, obj: dict[str, Any]) -> None:
         if not self.ok:
@@ -84,5 +121,14 @@ class _CommandProtocol(LineOnlyReceiver):
 
 
 def listen_commands(on_command: Callable[[dict[str, Any]], None], on_eof: Callable[[], None]) -> Any:
-    """Worker side: read supervisor commands from stdin; EOF means the supervisor died."""
-    return stdio.StandardIO(_CommandProtocol(on_command, on_eof))
+    """Worker side: read supervisor commands from stdin; EOF means the supervisor died.
+    `restart` is answered here (by the registered owners of pools), the rest by `on_command`."""
+
+    def dispatch(cmd: dict[str, Any]) -> None:
+        if cmd.get("cmd") == "restart":
+            if isinstance(cmd.get("backend"), str):
+                restart_here(cmd["backend"])
+        else:
+            on_command(cmd)
+
+    return stdio.StandardIO(_CommandProtocol(dispatch, on_eof))

@@ -60,6 +60,8 @@ class WorkerProcess(protocol.ProcessProtocol):
                 if not d.called:  # not timed out
                     d.callback(msg)
                     break
+        elif kind == "restart" and isinstance(msg.get("backend"), str):
+            self.sup.restart_backend(msg["backend"], self.role)
         elif kind == "fatal":
             self.fatal = msg
             log.error("worker_fatal", role=self.role, pid=self.pid, what=msg.get("what"), error=msg.get("error"))
@@ -192,6 +194,14 @@ class Supervisor:
                   restart_in_s=round(delay, 2))
         metrics.worker_restarts_total.labels(proc.role).inc()
         self.reactor.callLater(delay, self._respawn, proc.role)
+
+    def restart_backend(self, backend: str, asked_by: str) -> None:
+        """`on_change: {restart: BACKEND}` from the companion: every worker gets it; those that
+        own a pool of that name (the fronts' call pools, the companion's stats pool) restart it."""
+        log.info("backend_restart_requested", backend=backend, asked_by=asked_by,
+                 workers=sorted(self.workers))
+        for w in list(self.workers.values()):
+            w.send({"cmd": "restart", "backend": backend})
 
     def _respawn(self, role: str) -> None:
         if not self.stopping and role not in self.workers and role in self.roles():

@@ -101,11 +101,21 @@ def check_can_listen(listen: str) -> None:
 class BackendsService(service.Service):
     def __init__(self, holder: Any) -> None:
         self.holder = holder
+        self.unregister: Any = None
 
     def startService(self) -> None:
+        from .control import on_restart
+
         super().startService()
         for b in self.holder.get().backends.values():
             b.start()
+        self.unregister = on_restart(self.restart)
+
+    def restart(self, name: str) -> None:
+        """`{"cmd": "restart"}`: the pool of that name in the set serving now, if it can."""
+        restart = getattr(self.holder.get().backends.get(name), "restart", None)
+        if restart is not None:
+            restart()
 
     def stopService(self) -> Any:
         """Stop every pool and wait (bounded) until it is done: a process pool's stop fires
@@ -114,6 +124,8 @@ class BackendsService(service.Service):
         from twisted.internet import reactor
 
         super().stopService()
+        if self.unregister is not None:
+            self.unregister()
         stops = [defer.maybeDeferred(b.stop) for b in self.holder.get().backends.values()]
         d = defer.DeferredList(stops, consumeErrors=True)
         d.addTimeout(5.0, reactor)  # type: ignore[arg-type]

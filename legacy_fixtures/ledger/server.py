@@ -524,6 +524,29 @@ class Journal:
             self._stream.flush()
 
 
+class AppLog:
+    """The server's own log file (`--log`), as a legacy server writes one: plain text lines
+    `YYYY-MM-DD HH:MM:SS LEVEL message`, appended and flushed one by one. Never the request's
+    arguments (a LOGIN carries a password): the command word and the reply's first line."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def write(self, level: str, message: str) -> None:
+        if self._stream is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+            self._stream.write(f"{stamp} {level} {message}\n")
+            self._stream.flush()
+
+    def reply(self, frame: bytes, reply: Reply, encoding: str) -> None:
+        if self._stream is None:
+            return
+        words = frame.decode(encoding, "replace").split(None, 1)
+        command = words[0].upper()[:16] if words else "(empty)"
+        answer = reply.lines[0].decode(encoding, "replace")[:80] if reply.lines else ""
+        self.write("WARN" if answer.startswith("ERR") else "INFO", f"{command} -> {answer}")
+
+
 @dataclass(frozen=True)
 class Options:
     host: str = "127.0.0.1"
@@ -534,14 +557,16 @@ class Options:
     encoding: str = "latin-1"
     test_commands: bool = False
     journal: str | None = None
+    log: str | None = None
 
 
 class LedgerServer:
     """Accepts connections and runs one in-order conversation on each."""
 
-    def __init__(self, options: Options, journal: Journal) -> None:
+    def __init__(self, options: Options, journal: Journal, app_log: AppLog | None = None) -> None:
         self._options = options
         self._journal = journal
+        self.app_log = app_log or AppLog(None)
         self._new_framing = framing_factory(options.framing, options.encoding)
         self.ledger = Ledger(options.user, options.password)
         self._unsolicited = "UNSOLICITED".encode(options.encoding)
@@ -557,12 +582,14 @@ class LedgerServer:
     ) -> None:
         self.ledger.sessions += 1
         self._writers.add(writer)
+        self.app_log.write("INFO", f"session opened ({self.ledger.sessions} open)")
         try:
             await self._converse(reader, writer)
         except OSError:
             pass  # the peer vanished; a legacy server just forgets it
         finally:
             self.ledger.sessions -= 1
+            self.app_log.write("INFO", f"session closed ({self.ledger.sessions} open)")
             self._writers.discard(writer)
             writer.close()
             try:
@@ -588,6 +615,7 @@ class LedgerServer:
                 if silenced:
                     continue
                 reply = session.handle(frame)
+                self.app_log.reply(frame, reply, self._options.encoding)
                 if reply.payload is not None:
                     take = functools.partial(framing.next_block, reply.payload)
                     data = await _pull(reader, framing, take)
@@ -669,10 +697,12 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="enable SLOW, EXTRA, BIG, ECHO and SILENT")
     parser.add_argument("--journal", metavar="PATH",
                         help="append every received frame and payload to PATH")
+    parser.add_argument("--log", metavar="PATH",
+                        help="append the server's own log lines (sessions, commands) to PATH")
     ns = parser.parse_args(argv)
     return Options(
         host=ns.host, port=ns.port, user=ns.user, password=ns.password, framing=ns.framing,
-        encoding=ns.encoding, test_commands=ns.test_commands, journal=ns.journal,
+        encoding=ns.encoding, test_commands=ns.test_commands, journal=ns.journal, log=ns.log,
     )
 
 
@@ -681,8 +711,8 @@ def _address(sockname: tuple[str, int] | tuple[str, int, int, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(options: Options, journal: Journal) -> int:
-    server_state = LedgerServer(options, journal)
+async def serve(options: Options, journal: Journal, app_log: AppLog | None = None) -> int:
+    server_state = LedgerServer(options, journal, app_log)
     try:
         server = await asyncio.start_server(
             server_state.serve_connection, options.host, options.port
@@ -691,6 +721,7 @@ async def serve(options: Options, journal: Journal) -> int:
         print(f"ledger: cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1
     print(f"LISTENING {_address(server.sockets[0].getsockname())}", flush=True)
+    server_state.app_log.write("INFO", f"ledger listening on {_address(server.sockets[0].getsockname())}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -710,9 +741,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ledger: cannot open journal: {exc}", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(serve(options, Journal(stream)))
+        log_stream = open(options.log, "a", encoding="utf-8") if options.log else None
+    except OSError as exc:
+        print(f"ledger: cannot open log: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(options, Journal(stream), AppLog(log_stream)))
     except KeyboardInterrupt:
         return 0
     finally:
-        if stream is not None:
-            stream.close()
+        for s in (stream, log_stream):
+            if s is not None:
+                s.close()

@@ -1,0 +1,3 @@
+from .confwatch import main
+
+raise SystemExit(main())
