@@ -226,12 +226,11 @@ class ReloadableServerTls:
         return self.options.serverConnectionForTLS(protocol)
 
 
-def listen_tls(reactor: Any, port: int, site: Any, creator: ReloadableServerTls,
-               interface: str) -> Any:
+def server_tls_factory(site: Any, creator: ReloadableServerTls) -> Any:
+    """The JSON front's site behind TLS, for the worker to listen with."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    factory = TLSMemoryBIOFactory(creator, False, site)  # type: ignore[arg-type]  # zope interface
-    return reactor.listenTCP(port, factory, interface=interface)
+    return TLSMemoryBIOFactory(creator, False, site)  # type: ignore[arg-type]  # zope interface
 
 
 # --- upstreams (SOAP, ambassador HTTP routes) -------------------------------------------------

@@ -639,9 +639,12 @@ class Companion(Strict):
 # --- process model ------------------------------------------------------------------------
 
 class Workers(Strict):
-    grpc: NonNegativeInt = 1
-    http: NonNegativeInt = 1
-    ambassador: NonNegativeInt = 1
+    """Worker processes per front. The ambassador runs once: its breakers, budgets and route
+    listeners are per process, and N of them would each allow the whole budget."""
+
+    grpc: PositiveInt = 1
+    http: PositiveInt = 1
+    ambassador: Literal[1] = 1
 
 
 class Shutdown(Strict):
@@ -663,6 +666,18 @@ class Config(Strict):
     companion: Companion | None = None
     workers: Workers = Field(default_factory=Workers)
     shutdown: Shutdown = Field(default_factory=Shutdown)
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Config:
+        """Workers of a front share its port: each binds it, so it must be a fixed TCP port."""
+        for role in ("grpc", "http"):
+            section, count = getattr(self, role), getattr(self.workers, role)
+            if section is None or count < 2:
+                continue
+            if section.listen.startswith("unix:") or split_host_port(section.listen)[1] == 0:
+                raise invalid(f"workers.{role} is {count}: they share {role}.listen, which must "
+                              f"then be a fixed TCP port, got {section.listen!r}")
+        return self
 
 
 # --- /config ------------------------------------------------------------------------------

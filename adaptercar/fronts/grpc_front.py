@@ -246,9 +246,10 @@ class _GenericOnly:
 class GrpcFront:
     def __init__(
         self, current: CurrentSet, listen: str, max_message_bytes: int, reflection: bool,
-        tls: Any = None,
+        tls: Any = None, shared: bool = False,
     ) -> None:
         self.tls = tls  # tls.GrpcServerTls, or None: plaintext
+        self.shared = shared  # other workers listen on the same port: SO_REUSEPORT
         self.current = current
         self.listen = listen
         self.max_message_bytes = max_message_bytes
@@ -263,7 +264,7 @@ class GrpcFront:
         # their imports) for anyone who lowers the limit to protect the backend.
         opts = [
             ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.shared)),
         ]
         server = grpc.aio.server(options=opts)
         server.add_generic_rpc_handlers([_Dispatch(self.current)])

@@ -29,7 +29,8 @@ def _drain_timeout(cfg: Any) -> float:
 class Runtime:
     """The live state of one worker (or the single process): current set, pools, fronts."""
 
-    def __init__(self, config_path: str, roles: list[str], loop: Any, reporter: Any = None) -> None:
+    def __init__(self, config_path: str, roles: list[str], loop: Any, reporter: Any = None,
+                 shared_port: bool = False) -> None:
         from twisted.internet import reactor as _reactor
 
         reactor: Any = _reactor
@@ -43,6 +44,7 @@ class Runtime:
         self.roles = roles
         self.loop = loop
         self.reporter = reporter
+        self.shared_port = shared_port  # other workers serve the same front port (SO_REUSEPORT)
         self.drain = Drain()
         self.generation = 1
         loaded = load_all(config_path, run_examples=False)
@@ -95,7 +97,7 @@ class Runtime:
 
                 self.front_tls["grpc"] = GrpcServerTls(self.loaded.tls["grpc"])
             self.grpc_front = GrpcFront(self.current, cfg.grpc.listen, cfg.grpc.max_message_bytes,
-                                        cfg.grpc.reflection, self.front_tls.get("grpc"))
+                                        cfg.grpc.reflection, self.front_tls.get("grpc"), self.shared_port)
             GrpcService(self.grpc_front, self.loop, drain_timeout).setServiceParent(top)
         if "http" in self.roles and cfg.http is not None:
             from ..fronts.http_front import make_site
@@ -105,7 +107,7 @@ class Runtime:
 
                 self.front_tls["http"] = ReloadableServerTls(self.loaded.tls["http"])
             HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
-                        drain_timeout, self.front_tls.get("http")).setServiceParent(top)
+                        drain_timeout, self.front_tls.get("http"), self.shared_port).setServiceParent(top)
         if "ambassador" in self.roles and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
 
@@ -257,7 +259,7 @@ def _run(top: service.MultiService, on_started: Any = None, signals: Any = None,
     return _Exit.code
 
 
-def run_worker(role: str, config_path: str) -> int:
+def run_worker(role: str, config_path: str, shared_port: bool = False) -> int:
     from ..tls import OPENSSL_ENV, forbid_openssl
 
     if os.environ.get(OPENSSL_ENV) == "0":  # the supervisor knows this role needs no pyOpenSSL
@@ -272,7 +274,7 @@ def run_worker(role: str, config_path: str) -> int:
 
     reporter = Reporter()
     try:
-        rt = Runtime(config_path, [role], loop, reporter)
+        rt = Runtime(config_path, [role], loop, reporter, shared_port)
     except SystemExit as e:  # the config changed under us: the supervisor says so, once
         reporter.send({"type": "fatal", "what": f"the {role} worker", "error": str(e)})
         return 1

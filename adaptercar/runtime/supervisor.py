@@ -3,6 +3,10 @@
 It never serves calls itself: grpc.aio sharing a loop with a busy twisted.web was measured to
 fall from ~8,700 to ~210 calls/s, so each front gets its own process and loop. Workers are
 fresh interpreters (`spawnProcess`), never forks of a process that imported grpc.
+
+`workers: {grpc: N, http: N}` runs N workers of a front; they share its port with SO_REUSEPORT
+(the kernel spreads connections over their sockets), which grpc can do and Twisted can adopt.
+Each worker has a name: its role for the first, `ROLE.INDEX` for the others (`http.1`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ from ..logs import log
 from .control import LineSplitter, encode
 
 
+def worker_name(role: str, index: int) -> str:
+    return role if index == 0 else f"{role}.{index}"
+
+
 class WorkerProcess(protocol.ProcessProtocol):
-    def __init__(self, sup: Supervisor, role: str) -> None:
+    def __init__(self, sup: Supervisor, role: str, index: int = 0) -> None:
         self.sup = sup
         self.role = role
+        self.index = index
+        self.name = worker_name(role, index)
         self.pid: int | None = None
         self.state: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -64,7 +74,7 @@ class WorkerProcess(protocol.ProcessProtocol):
             self.sup.restart_backend(msg["backend"], self.role)
         elif kind == "fatal":
             self.fatal = msg
-            log.error("worker_fatal", role=self.role, pid=self.pid, what=msg.get("what"), error=msg.get("error"))
+            log.error("worker_fatal", role=self.role, worker=self.name, pid=self.pid, what=msg.get("what"), error=msg.get("error"))
 
     def send(self, cmd: dict[str, Any]) -> None:
         if self.transport is not None:
@@ -84,10 +94,18 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+def worker_count(config: Any, role: str) -> int:
+    """How many workers of `role` run: `workers:` for the fronts; one ambassador and one
+    companion, whose breakers, budgets, route listeners and duties are per process."""
+    return int(getattr(config.workers, role)) if role in ("grpc", "http") else 1
+
+
 def _listen_key(config: Any, role: str) -> Any:
-    """What, when changed by a reload, needs the role's worker restarted rather than reloaded.
+    """What, when changed by a reload, needs the role's workers restarted rather than reloaded.
 
     Ambassador routes are rebuilt by restarting their worker: any change to them counts.
+    Going from one worker to several (or back) restarts them: a shared port is bound with
+    SO_REUSEPORT, a lone one without (so another process on it is an error).
     """
     if role == "ambassador":
         return [r.model_dump() for r in config.ambassador] or None
@@ -97,7 +115,8 @@ def _listen_key(config: Any, role: str) -> Any:
     if not section:
         return None
     tls = getattr(section, "tls", None)  # TLS on/off and mTLS on/off are fixed per listener
-    return section.listen, tls is not None, tls is not None and tls.client_ca is not None
+    return (section.listen, tls is not None, tls is not None and tls.client_ca is not None,
+            worker_count(config, role) > 1)
 
 
 class Supervisor:
@@ -106,8 +125,8 @@ class Supervisor:
         self.config_path = config_path
         self.loaded = loaded
         self.reactor = reactor
-        self.workers: dict[str, WorkerProcess] = {}
-        self.restarts: dict[str, int] = {}
+        self.workers: dict[str, WorkerProcess] = {}  # by name: `http`, `http.1`, ...
+        self.restarts: dict[str, int] = {}  # by name: each worker backs off on its own
         self.stopping = False
         self.listened: set[str] = set()  # roles that have been listening at least once
         self.serving = False  # every role of the first start has listened
@@ -129,18 +148,47 @@ class Supervisor:
             roles.append("companion")
         return roles
 
+    def names(self) -> list[tuple[str, int]]:
+        """(role, index) of every worker the configuration asks for."""
+        return [(role, i) for role in self.roles() for i in range(worker_count(self.config, role))]
+
     def start(self) -> None:
         # Counters appear in /metrics at 0 from the start, so `rate()` and alerts see them.
         for role in self.roles():
             metrics.worker_restarts_total.labels(role)
         for outcome in ("ok", "error"):
             metrics.config_reloads_total.labels(outcome)
-        for role in self.roles():
-            self.spawn(role)
+        if not self._ports_free():
+            return
+        for role, index in self.names():
+            self.spawn(role, index)
 
-    def spawn(self, role: str) -> None:
-        proto = WorkerProcess(self, role)
+    def _ports_free(self) -> bool:
+        """Fail the start when a front's port is taken. Several workers of a front bind with
+        SO_REUSEPORT, which would also share the port with a stranger that set it: so the check
+        is done here, once, without it, before any worker binds."""
+        from twisted.internet.error import CannotListenError
+
+        from .worker import check_can_listen
+
+        for role, what in (("grpc", "the gRPC front"), ("http", "the JSON front")):
+            section = getattr(self.config, role)
+            if section is None or worker_count(self.config, role) < 2:
+                continue  # a lone worker checks its port itself
+            try:
+                check_can_listen(section.listen)
+            except CannotListenError as e:
+                log.error("start_failed", what=f"{what} on {section.listen}", error=str(e), worker=role)
+                if self.on_start_failure is not None:
+                    self.on_start_failure(f"{what} on {section.listen}", str(e))
+                return False
+        return True
+
+    def spawn(self, role: str, index: int = 0) -> None:
+        proto = WorkerProcess(self, role, index)
         argv = [sys.executable, "-m", "adaptercar.runtime.worker", "--role", role, "-c", self.config_path]
+        if worker_count(self.config, role) > 1:
+            argv.append("--shared-port")
         if role == "companion":
             argv = [sys.executable, "-m", "adaptercar.companion", "-c", self.config_path]
         from ..tls import OPENSSL_ENV, openssl_roles
@@ -149,8 +197,8 @@ class Supervisor:
         self.reactor.spawnProcess(
             proto, sys.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2, 3: "r"}
         )
-        self.workers[role] = proto
-        log.info("worker_started", role=role, pid=proto.pid)
+        self.workers[proto.name] = proto
+        log.info("worker_started", role=role, worker=proto.name, pid=proto.pid)
 
     def listening(self, role: str) -> None:
         self.listened.add(role)
@@ -164,16 +212,16 @@ class Supervisor:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
-        if self.workers.get(proc.role) is proc:
-            del self.workers[proc.role]
+        if self.workers.get(proc.name) is proc:
+            del self.workers[proc.name]
         if self.stopping:
-            log.info("worker_stopped", role=proc.role, pid=proc.pid, exit_status=status, signal=sig)
+            log.info("worker_stopped", role=proc.role, worker=proc.name, pid=proc.pid,
+                     exit_status=status, signal=sig)
             return
         if proc.retiring:
-            log.info("worker_stopped", role=proc.role, pid=proc.pid, exit_status=status, signal=sig,
-                     reason="reload")
-            if proc.role in self.roles() and proc.role not in self.workers:
-                self.spawn(proc.role)  # on its new listener
+            log.info("worker_stopped", role=proc.role, worker=proc.name, pid=proc.pid,
+                     exit_status=status, signal=sig, reason="reload")
+            self._spawn_missing(proc.role)  # on its new listener
             return
         if not self.serving and proc.role not in self.listened and self.on_start_failure is not None:
             # At start-up, a worker that never listened has a taken port or a bad config,
@@ -185,15 +233,15 @@ class Supervisor:
             log.error("start_failed", what=what, error=error, worker=proc.role, worker_pid=proc.pid)
             self.on_start_failure(what, error)
             return
-        n = self.restarts.get(proc.role, 0)
+        n = self.restarts.get(proc.name, 0)
         if time.monotonic() - proc.started > 30:
             n = 0
-        self.restarts[proc.role] = n + 1
+        self.restarts[proc.name] = n + 1
         delay = min(10.0, 0.2 * (2**n))
-        log.error("worker_died", role=proc.role, pid=proc.pid, exit_status=status, signal=sig,
-                  restart_in_s=round(delay, 2))
+        log.error("worker_died", role=proc.role, worker=proc.name, pid=proc.pid, exit_status=status,
+                  signal=sig, restart_in_s=round(delay, 2))
         metrics.worker_restarts_total.labels(proc.role).inc()
-        self.reactor.callLater(delay, self._respawn, proc.role)
+        self.reactor.callLater(delay, self._respawn, proc.role, proc.index)
 
     def restart_backend(self, backend: str, asked_by: str) -> None:
         """`on_change: {restart: BACKEND}` from the companion: every worker gets it; those that
@@ -203,27 +251,47 @@ class Supervisor:
         for w in list(self.workers.values()):
             w.send({"cmd": "restart", "backend": backend})
 
-    def _respawn(self, role: str) -> None:
-        if not self.stopping and role not in self.workers and role in self.roles():
-            self.spawn(role)
+    def _spawn_missing(self, role: str) -> None:
+        """Start the workers of `role` the configuration asks for and that do not run, once
+        none of the role is retiring: the new ones may need the port the old ones hold."""
+        if any(w.role == role and w.retiring for w in self.workers.values()):
+            return
+        for r, index in self.names():
+            if r == role and worker_name(r, index) not in self.workers:
+                self.spawn(r, index)
+
+    def _respawn(self, role: str, index: int) -> None:
+        if (not self.stopping and worker_name(role, index) not in self.workers
+                and (role, index) in self.names()):
+            self.spawn(role, index)
 
     # -- admin model -------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when every role has a ready worker and no listening worker is unready.
+
+        A worker being restarted does not listen, so takes no connections: its siblings
+        serve and the sidecar stays ready. One that listens takes its share, so it must be ready.
+        """
         detail: dict[str, Any] = {"workers": {}}
+        ready_roles: set[str] = set()
         ok = True
-        for role in self.roles():
-            w = self.workers.get(role)
+        for role, index in self.names():
+            name = worker_name(role, index)
+            w = self.workers.get(name)
             st = w.state if w is not None else {}
             ready = bool(w is not None and st.get("ready"))
-            ok = ok and ready
-            detail["workers"][role] = {
+            if ready:
+                ready_roles.add(role)
+            elif st.get("listening"):
+                ok = False
+            detail["workers"][name] = {
                 "pid": w.pid if w else None,
                 "ready": ready,
                 "listening": st.get("listening", False),
                 "generation": st.get("generation"),
                 "backends": st.get("backends", {}),
             }
-        return ok, detail
+        return ok and ready_roles >= set(self.roles()), detail
 
     def config_view(self) -> dict[str, Any]:
         from ..compile import redacted_view
@@ -255,7 +323,6 @@ class Supervisor:
                 metrics.config_reloads_total.labels("error").inc()
                 log.error("config_reload_failed", errors=errors)
                 return {"ok": False, "errors": errors}
-            old_roles = self.roles()
             from ..tls import openssl_roles
 
             old_tls, new_tls = openssl_roles(self.loaded), openssl_roles(new)
@@ -263,10 +330,12 @@ class Supervisor:
                           for role in ("grpc", "http", "ambassador", "companion")}
             self.loaded = new
             waits = []
-            for role, w in list(self.workers.items()):
+            wanted = self.names()
+            for w in list(self.workers.values()):
+                role = w.role
                 new_listen = (_listen_key(new.config, role), role in new_tls)
-                if role not in self.roles() or new_listen != old_listen.get(role):
-                    w.retiring = True  # listener moved or role removed: restart (or stop) it
+                if (role, w.index) not in wanted or new_listen != old_listen.get(role):
+                    w.retiring = True  # listener moved or worker removed: restart (or stop) it
                     w.signal("TERM")
                     continue
                 rd: defer.Deferred[dict[str, Any]] = defer.Deferred()
@@ -274,9 +343,8 @@ class Supervisor:
                 w.send({"cmd": "reload"})
                 rd.addTimeout(30, self.reactor)
                 waits.append(rd)
-            for role in self.roles():
-                if role not in old_roles and role not in self.workers:
-                    self.spawn(role)
+            for role in self.roles():  # a new role, or more workers of one
+                self._spawn_missing(role)
             dl = defer.DeferredList(waits, consumeErrors=True)
 
             def summarize(results: list[tuple[bool, Any]]) -> dict[str, Any]:

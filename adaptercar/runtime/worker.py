@@ -74,15 +74,14 @@ class FrontsThenBackends(service.MultiService):
             yield defer.maybeDeferred(backends.stopService)
 
 
-def check_can_listen(listen: str) -> None:
-    """Fail with a clear CannotListenError when `host:port` is taken.
+def bind(listen: str, shared: bool = False) -> socket.socket:
+    """A socket bound to `host:port` (SO_REUSEADDR, as Twisted and grpc set it), or a clear
+    CannotListenError when the port is taken.
 
-    grpc reports a taken port as a RuntimeError plus a C-core log line on stderr; binding a
-    plain socket first (with SO_REUSEADDR, as grpc does) turns that into the same one-line
-    error twisted.web gives. The socket is closed at once; grpc binds right after.
+    `shared`: with SO_REUSEPORT, for a front run by several workers. Each worker binds its own
+    socket on the port and the kernel spreads new connections over them; one that is gone
+    (a worker restarting) takes no connections, and the port is never closed meanwhile.
     """
-    if listen.startswith("unix:"):
-        return
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     try:
@@ -90,12 +89,27 @@ def check_can_listen(listen: str) -> None:
     except (OSError, ValueError) as e:
         raise CannotListenError(host, port, e) from None
     family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as s:
+    s = socket.socket(family, kind, proto)
+    try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise CannotListenError(host, port, e) from None
+        if shared:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(addr)
+    except OSError as e:
+        s.close()
+        raise CannotListenError(host, port, e) from None
+    return s
+
+
+def check_can_listen(listen: str, shared: bool = False) -> None:
+    """Fail with a clear CannotListenError when `host:port` is taken.
+
+    grpc reports a taken port as a RuntimeError plus a C-core log line on stderr; binding a
+    socket first, as grpc will, turns that into the same one-line error twisted.web gives.
+    The socket is closed at once; grpc binds right after.
+    """
+    if not listen.startswith("unix:"):
+        bind(listen, shared).close()
 
 
 class BackendsService(service.Service):
@@ -143,7 +157,7 @@ class GrpcService(service.Service):
 
     def startService(self) -> Any:
         super().startService()
-        check_can_listen(self.front.listen)
+        check_can_listen(self.front.listen, self.front.shared)
         d = defer.Deferred.fromFuture(self.loop.create_task(self.front.start()))
         d.addCallback(lambda _: self._health_loop())
         return d
@@ -173,8 +187,9 @@ class HttpService(service.Service):
     """
 
     def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float,
-                 tls: Any = None) -> None:
+                 tls: Any = None, shared: bool = False) -> None:
         self.tls = tls  # tls.ReloadableServerTls, or None: plaintext
+        self.shared = shared  # the port is shared with other workers (SO_REUSEPORT)
         self.site = site
         self.listen = listen
         self.port: Any = None
@@ -240,14 +255,17 @@ class HttpService(service.Service):
         reactor: Any = _reactor
 
         super().startService()
-        host, _, port = self.listen.rpartition(":")
-        interface = host.strip("[]") or "0.0.0.0"
+        factory = self.site
         if self.tls is not None:
-            from ..tls import listen_tls
+            from ..tls import server_tls_factory
 
-            self.port = listen_tls(reactor, int(port), self.site, self.tls, interface)
-        else:
-            self.port = reactor.listenTCP(int(port), self.site, interface=interface)
+            factory = server_tls_factory(self.site, self.tls)
+        # Bound here rather than by listenTCP, which cannot set SO_REUSEPORT; Twisted adopts a
+        # copy of the listening socket (backlog 50, as listenTCP's).
+        with bind(self.listen, self.shared) as sock:
+            sock.listen(50)
+            sock.setblocking(False)
+            self.port = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
@@ -283,6 +301,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="adaptercar-worker")
     p.add_argument("--role", required=True, choices=["grpc", "http", "ambassador"])
     p.add_argument("-c", "--config", required=True)
+    p.add_argument("--shared-port", action="store_true",
+                   help="other workers serve the same port: bind it with SO_REUSEPORT")
     return p.parse_args(argv)
 
 
@@ -291,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from .app import run_worker
 
-    return run_worker(args.role, args.config)
+    return run_worker(args.role, args.config, args.shared_port)
 
 
 if __name__ == "__main__":
