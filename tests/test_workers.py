@@ -204,3 +204,32 @@ def test_worker_counts_that_cannot_work_are_config_errors(
     errors = [p.format() for p in loaded.errors]
     assert len(errors) == 1 and errors[0].startswith(f"{path}:"), errors
     assert expected in errors[0], errors
+
+
+def test_readiness_needs_a_ready_worker_per_role_and_no_unready_listener(tmp_path: Path) -> None:
+    """The rule /readyz applies, on the supervisor's model of its workers (no processes)."""
+    from adaptercar.runtime.supervisor import Supervisor, WorkerProcess
+
+    cfg = config("127.0.0.1:1")
+    cfg["workers"] = {"grpc": 1, "http": 2}
+    path = tmp_path / "adaptercar.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    sup = Supervisor(str(path), load_all(path, run_examples=False), reactor=None)
+
+    def put(role: str, index: int, **state: bool) -> None:
+        w = WorkerProcess(sup, role, index)
+        w.state = state
+        sup.workers[w.name] = w
+
+    put("grpc", 0, ready=True, listening=True)
+    put("http", 0, ready=True, listening=True)
+    ok, detail = sup.readiness()
+    assert ok and list(detail["workers"]) == ["grpc", "http", "http.1"]  # http.1 restarting
+    assert detail["workers"]["http.1"]["pid"] is None
+    put("http", 1, ready=False, listening=False)
+    assert sup.readiness()[0], "a worker still starting takes no connections"
+    put("http", 1, ready=False, listening=True)
+    assert not sup.readiness()[0], "a listening worker that is not ready gets calls it fails"
+    put("http", 1, ready=True, listening=True)
+    del sup.workers["grpc"]
+    assert not sup.readiness()[0], "no gRPC worker at all"
