@@ -92,7 +92,7 @@ class Runtime:
         if "http" in self.roles and cfg.http is not None:
             from ..fronts.http_front import make_site
 
-            HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
+            HttpService(make_site(self.current, cfg.http.max_body_bytes, cfg.http), cfg.http.listen, self.drain,
                         drain_timeout).setServiceParent(top)
         if "ambassador" in self.roles and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
