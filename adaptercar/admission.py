@@ -122,8 +122,12 @@ class Gate:
     across reloads while the backend's pool is). `on_shed(reason)` counts refusals."""
 
     def __init__(self, name: str, limit: int, queue: int, clock: Callable[[], float],
-                 call_later: Callable[..., Any], on_shed: Callable[[str], None]) -> None:
+                 call_later: Callable[..., Any], on_shed: Callable[[str], None],
+                 drain: Any = None) -> None:
         self.name = name
+        # `drain.enter()`/`leave()` around a call's wait, so shutdown waits for queued calls too
+        # (the backend invoker counts it again once it runs)
+        self.drain = drain
         self.core = Admission(limit, queue)
         self.clock = clock
         self.call_later = call_later
@@ -192,10 +196,18 @@ class Gate:
     def _queue(self, inner: Start, waiter: Waiter, request: Any, ctx: Any, info: dict[str, Any],
                done: Done, deadline: float) -> Callable[[], None]:
         cancel: list[Callable[[], None]] = []
+        drain = self.drain
+        if drain is not None:
+            drain.enter()
+
+        def left_queue() -> None:
+            if drain is not None:
+                drain.leave()
 
         def late() -> None:  # withdrawn already
             if timer.active():
                 timer.cancel()
+            left_queue()
             self.on_shed("expired")
             done(None, CallError(Code.DEADLINE_EXCEEDED, f"backend {self.name} overloaded: "
                                  "the deadline passed while the call waited to start"))
@@ -210,12 +222,16 @@ class Gate:
             if timer.active():
                 timer.cancel()
             c = ctx if ctx.deadline is not None else _with_deadline(ctx, deadline)
-            cancel.append(self._run(inner, request, c, info, done, now, sync=False))
+            try:
+                cancel.append(self._run(inner, request, c, info, done, now, sync=False))
+            finally:
+                left_queue()  # after the invoker counted the running call
 
         def give_up() -> None:
             if self.core.withdraw(waiter):
                 if timer.active():
                     timer.cancel()
+                left_queue()
             elif cancel:
                 cancel[0]()
 

@@ -793,7 +793,7 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
             pools[name] = ProcessPool(spec, reactor)
         else:
             pools[name] = LinePool(spec, reactor)
-    gates = {name: _gate(name, loaded.config.backends[name], pool, reactor)
+    gates = {name: _gate(name, loaded.config.backends[name], pool, reactor, drain)
              for name, pool in pools.items()}
     methods: dict[str, MethodEntry] = {}
     for path, op in loaded.ops.items():
@@ -822,7 +822,7 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
 _GATES: WeakKeyDictionary[Any, Gate] = WeakKeyDictionary()
 
 
-def _gate(name: str, bcfg: Any, pool: Any, reactor: Any) -> Gate | None:
+def _gate(name: str, bcfg: Any, pool: Any, reactor: Any, drain: Any) -> Gate | None:
     """The backend's admission gate, when it sets `max_concurrency` or `queue` (else the pool's
     own bounds apply, as before): `max_concurrency` calls at once (default: what the pool can
     carry), `queue` waiting (default: pool.max_waiting). A pool kept across a reload keeps its
@@ -846,7 +846,7 @@ def _gate(name: str, bcfg: Any, pool: Any, reactor: Any) -> Gate | None:
             c = counters[reason] = metrics.backend_shed_total.labels(name, reason)
         c.inc()
 
-    gate = _GATES[pool] = Gate(name, limit, queue, time.monotonic, reactor.callLater, on_shed)
+    gate = _GATES[pool] = Gate(name, limit, queue, time.monotonic, reactor.callLater, on_shed, drain)
     return gate
 
 

@@ -132,6 +132,18 @@ class Timer:
         self.live = False
 
 
+class Drain:
+    def __init__(self) -> None:
+        self.inflight = 0
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        assert self.inflight >= 0
+
+
 @dataclass
 class Ctx:
     deadline: float | None = None
@@ -167,7 +179,8 @@ def test_gate_answers_every_call_once_within_bounds(limit: int, queue: int,
                                                     steps: list[tuple[str, Any]]) -> None:
     clock = FakeClock()
     shed: list[str] = []
-    gate = Gate("b", limit, queue, clock, clock.call_later, shed.append)
+    drain = Drain()
+    gate = Gate("b", limit, queue, clock, clock.call_later, shed.append, drain)
     backend = Backend()
     start = gate.wrap(backend.start, 2.0)
     answers: dict[int, list[Any]] = {}
@@ -200,6 +213,7 @@ def test_gate_answers_every_call_once_within_bounds(limit: int, queue: int,
             clock.advance(arg)
         assert len(backend.running) <= limit
         assert gate.core.waiting <= queue
+        assert drain.inflight == gate.core.waiting  # shutdown waits for queued calls
     clock.advance(10.0)  # every deadline passes: queued calls are answered
     for key in list(backend.running):
         backend.finish(key)
@@ -210,7 +224,7 @@ def test_gate_answers_every_call_once_within_bounds(limit: int, queue: int,
         if got and isinstance(got[0][1], CallError) and got[0][1].code is Code.DEADLINE_EXCEEDED:
             assert clock.now >= deadlines[key]
     assert backend.peak <= limit
-    assert gate.core.running == 0 and gate.core.waiting == 0
+    assert gate.core.running == 0 and gate.core.waiting == 0 and drain.inflight == 0
     assert set(shed) <= {"queue_full", "deadline", "expired"}
 
 
