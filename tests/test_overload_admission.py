@@ -254,3 +254,28 @@ def test_gate_starts_queued_calls_in_order_with_their_deadline() -> None:
     clock.advance(2.0)  # call 2 waited past its deadline: DEADLINE_EXCEEDED, not a hang
     assert out[0] == ("a", None)
     assert isinstance(out[1][1], CallError) and out[1][1].code is Code.DEADLINE_EXCEEDED
+
+
+# --- wiring: one gate per backend, kept across reloads while the pool is --------------------
+
+def test_a_reloaded_backend_keeps_its_gate_while_its_pool_and_limits_stay() -> None:
+    from adaptercar.compile import _gate
+    from adaptercar.config.schema import Backend as BackendConfig
+
+    class Reactor:
+        def callLater(self, delay: float, fn: Any) -> Any:  # noqa: N802 - twisted's name
+            raise AssertionError("not called here")
+
+    def cfg(**over: Any) -> BackendConfig:
+        return BackendConfig.model_validate({"line": {
+            "address": "127.0.0.1:1", "framing": {"delimiter": "\n"},
+            "pool": {"size": 3, "pipeline": 2, "max_waiting": 7}, **over}})
+
+    pool, other_pool = object.__new__(Backend), object.__new__(Backend)
+    assert _gate("b", cfg(), pool, Reactor(), None) is None  # neither key: the pool's own bounds
+    g = _gate("b", cfg(queue=5), pool, Reactor(), None)
+    assert g is not None and (g.core.limit, g.core.queue) == (6, 5)  # size × pipeline
+    assert _gate("b", cfg(queue=5), pool, Reactor(), None) is g
+    assert _gate("b", cfg(queue=5), other_pool, Reactor(), None) is not g
+    g2 = _gate("b", cfg(max_concurrency=2), pool, Reactor(), None)
+    assert g2 is not None and g2 is not g and (g2.core.limit, g2.core.queue) == (2, 7)
