@@ -89,12 +89,14 @@ class Admission:
             self._line = deque(x for x in line if x.queued)
         return True
 
-    def release(self, now: float, held: float) -> tuple[Waiter | None, list[Waiter]]:
-        """A running call ends after holding its slot `held` seconds. Returns the waiter that
-        now takes the slot (if any) and the waiters found past their deadline on the way
+    def release(self, now: float, held: float | None) -> tuple[Waiter | None, list[Waiter]]:
+        """A running call ends after holding its slot `held` seconds (None: not a measure of
+        the backend, e.g. a request refused before it was sent). Returns the waiter that now
+        takes the slot (if any) and the waiters found past their deadline on the way
         (withdrawn: the shell fails them)."""
-        self.service_time = held if not self.service_time else (
-            self.service_time + _ALPHA * (held - self.service_time))
+        if held is not None:
+            self.service_time = held if not self.service_time else (
+                self.service_time + _ALPHA * (held - self.service_time))
         expired: list[Waiter] = []
         line = self._line
         while line:
@@ -132,7 +134,7 @@ class Gate:
         self.clock = clock
         self.call_later = call_later
         self.on_shed = on_shed
-        self._ended: deque[float] = deque()
+        self._ended: deque[float | None] = deque()
         self._handing_on = False
 
     def refuse(self, verdict: Verdict) -> CallError:
@@ -155,6 +157,8 @@ class Gate:
             deadline = ctx.deadline
             if deadline is None:
                 deadline = now + default_timeout
+            elif deadline <= now:  # not overload: the caller's time was up on arrival
+                raise CallError(Code.DEADLINE_EXCEEDED, "deadline expired before the call was sent")
             verdict, waiter = core.offer(now, deadline)
             if verdict is Verdict.RUN:
                 return self._run(inner, request, ctx, info, done, now, sync=True)
@@ -169,10 +173,10 @@ class Gate:
         """Start a call that holds a slot; the slot is released exactly once, when it ends."""
         held = [True]
 
-        def release() -> None:
+        def release(measured: bool = True) -> None:
             if held[0]:
                 held[0] = False
-                self._released(t0)
+                self._released(t0, measured)
 
         def finished(result: Any, err: BaseException | None) -> None:
             release()
@@ -181,7 +185,7 @@ class Gate:
         try:
             cancel = inner(request, ctx, info, finished)
         except BaseException as e:
-            release()
+            release(measured=False)
             if sync:
                 raise  # refused before anything was sent: the front answers at once
             done(None, e)  # started from the queue: nobody is left to catch it
@@ -238,10 +242,10 @@ class Gate:
         waiter.payload = (go, late)
         return give_up
 
-    def _released(self, t0: float) -> None:
+    def _released(self, t0: float, measured: bool = True) -> None:
         """Hand the slot on. Iterative: a call started here may end at once (a backend known
         to be down) and release again; that must not recurse once per queued call."""
-        self._ended.append(self.clock() - t0)
+        self._ended.append(self.clock() - t0 if measured else None)
         if self._handing_on:
             return
         self._handing_on = True

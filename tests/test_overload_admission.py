@@ -279,3 +279,23 @@ def test_a_reloaded_backend_keeps_its_gate_while_its_pool_and_limits_stay() -> N
     assert _gate("b", cfg(queue=5), other_pool, Reactor(), None) is not g
     g2 = _gate("b", cfg(max_concurrency=2), pool, Reactor(), None)
     assert g2 is not None and g2 is not g and (g2.core.limit, g2.core.queue) == (2, 7)
+
+
+def test_gate_late_arrival_and_refused_requests_are_not_overload() -> None:
+    clock = FakeClock()
+    shed: list[str] = []
+    gate = Gate("b", 1, 1, clock, clock.call_later, shed.append)
+    backend = Backend()
+    start = gate.wrap(backend.start, 2.0)
+    clock.advance(5.0)
+    with pytest.raises(CallError) as ei:  # the caller's deadline passed before it arrived
+        start(1, Ctx(deadline=4.0), {}, lambda r, e: None)
+    assert ei.value.code is Code.DEADLINE_EXCEEDED and shed == []
+    with pytest.raises(CallError) as ei:  # refused before sending: no slot kept, no sample
+        start(-2, Ctx(), {}, lambda r, e: None)
+    assert ei.value.code is Code.INVALID_ARGUMENT
+    assert gate.core.running == 0 and gate.core.service_time == 0.0
+    start(3, Ctx(), {}, lambda r, e: None)
+    clock.advance(0.5)
+    backend.finish(3)
+    assert gate.core.service_time == pytest.approx(0.5)
