@@ -44,6 +44,9 @@ class Waiter:
         self.queued = True
 
 
+_NONE: list[Waiter] = []  # shared, never appended to
+
+
 class Admission:
     """At most `limit` calls running and `queue` waiting, first come first served."""
 
@@ -97,8 +100,11 @@ class Admission:
         if held is not None:
             self.service_time = held if not self.service_time else (
                 self.service_time + _ALPHA * (held - self.service_time))
-        expired: list[Waiter] = []
         line = self._line
+        if not line:  # the usual case: nobody waits
+            self.running -= 1
+            return None, _NONE
+        expired: list[Waiter] = []
         while line:
             w = line.popleft()
             if not w.queued:
@@ -245,6 +251,10 @@ class Gate:
     def _released(self, t0: float, measured: bool = True) -> None:
         """Hand the slot on. Iterative: a call started here may end at once (a backend known
         to be down) and release again; that must not recurse once per queued call."""
+        core = self.core
+        if not core._line and not self._handing_on:  # nobody waits: no slot to hand on
+            core.release(0.0, self.clock() - t0 if measured else None)
+            return
         self._ended.append(self.clock() - t0 if measured else None)
         if self._handing_on:
             return
