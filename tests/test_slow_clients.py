@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,17 @@ def _read_all(s: socket.socket, timeout: float) -> tuple[bytes, float]:
             break
         chunks.append(data)
     return b"".join(chunks), time.monotonic()
+
+
+def _access_lines(sc: Sidecar, needle: str) -> list[dict[str, Any]]:
+    """The sidecar's access lines whose error holds `needle` (waits a moment for the log)."""
+    end = time.monotonic() + 5
+    while True:
+        found = [r for r in sc.log_records()
+                 if r.get("event") == "access" and needle in r.get("error", "")]
+        if found or time.monotonic() > end:
+            return found
+        time.sleep(0.1)
 
 
 def _balance_ok(sc: Sidecar) -> float:
@@ -107,6 +119,8 @@ def test_slowloris_does_not_block_others_and_is_dropped_after_the_read_timeout(s
         assert b"http.read_timeout" in data
         # dropped at the read timeout (not at the 30 s the drip would take), not before
         assert READ_TIMEOUT - 0.5 <= after < READ_TIMEOUT + 3, after
+    dropped = _access_lines(sc, "http.read_timeout")
+    assert len(dropped) >= len(socks) and dropped[-1]["code"] == "DEADLINE_EXCEEDED"
 
 
 def test_a_request_sent_whole_is_not_cut_by_the_read_timeout_on_a_kept_alive_connection(
@@ -154,6 +168,8 @@ def test_header_limits_answer_431(sc: Sidecar, headers: bytes) -> None:
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert body["code"] == 8 and "http.max_header" in body["message"], body
     assert _balance_ok(sc) < 1.0
+    lines = _access_lines(sc, "http.max_header")
+    assert lines and lines[-1]["code"] == "RESOURCE_EXHAUSTED" and lines[-1]["front"] == "http"
 
 
 def test_a_declared_oversized_body_gets_413_before_it_is_sent(sc: Sidecar) -> None:
@@ -177,6 +193,8 @@ def test_a_declared_oversized_body_gets_413_before_it_is_sent(sc: Sidecar) -> No
     assert answered < 1.0
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert body["code"] == 8 and "max_body_bytes" in body["message"], body
+    lines = _access_lines(sc, "request body of 10000000 bytes")
+    assert lines and lines[-1]["method"] == "/v1/transfers" and lines[-1]["http_method"] == "POST"
     # a chunked body (no declared length) over the bound is still 413, read and dropped
     status, body2, _ = sc.http("POST", "/v1/transfers", raw=b"{" + b" " * (MAX_BODY * 2) + b"}",
                                headers={"Content-Type": "application/json"})

@@ -17,15 +17,19 @@ import json
 import time
 from typing import Any
 
+from .. import metrics
+from ..logs import INFO, log
+from ..mapping.errors import Code
+
 _monotonic = time.monotonic
 
 _REASONS = {408: b"Request Timeout", 413: b"Content Too Large",
             431: b"Request Header Fields Too Large"}
 
 
-def refusal(status: int, code: int, message: str) -> bytes:
+def refusal(status: int, code: Code, message: str) -> bytes:
     """A whole HTTP/1.1 response that closes the connection, body as the front's errors."""
-    body = json.dumps({"code": code, "message": message, "details": []}).encode()
+    body = json.dumps({"code": int(code), "message": message, "details": []}).encode()
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))) + body
 
@@ -63,7 +67,7 @@ class GuardMixin:
         if left > 0:
             self._read_call = self.callLater(left, self._read_check)  # type: ignore[attr-defined]
             return
-        self._refuse(408, 4, f"the request did not arrive within {self.read_timeout:g}s "
+        self._refuse(408, Code.DEADLINE_EXCEEDED, f"the request did not arrive within {self.read_timeout:g}s "
                              "(http.read_timeout)")
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - twisted's name
@@ -90,7 +94,7 @@ class GuardMixin:
         self._too_large_headers()  # one header line longer than all headers may be
 
     def _too_large_headers(self) -> None:
-        self._refuse(431, 8, f"request headers over {self.maxHeaders} fields or "  # type: ignore[attr-defined]
+        self._refuse(431, Code.RESOURCE_EXHAUSTED, f"request headers over {self.maxHeaders} fields or "  # type: ignore[attr-defined]
                              f"{self.totalHeadersSize} bytes (http.max_headers, "  # type: ignore[attr-defined]
                              "http.max_header_bytes)")
 
@@ -100,20 +104,28 @@ class GuardMixin:
             # answered before its body is read: the body is never buffered, nor waited for.
             # What the client sends meanwhile is read and dropped (up to the read timeout), so
             # closing with unread bytes does not reset the connection under the answer.
-            self._refuse(413, 8, f"request body of {length} bytes exceeds {self.max_body_bytes} "
+            self._refuse(413, Code.RESOURCE_EXHAUSTED, f"request body of {length} bytes exceeds {self.max_body_bytes} "
                                  "bytes (http.max_body_bytes)", linger=length)
             return
         super().allHeadersReceived()  # type: ignore[misc]
 
-    def _refuse(self, status: int, code: int, message: str, linger: int = 0) -> None:
+    def _refuse(self, status: int, code: Code, message: str, linger: int = 0) -> None:
         """Answer and close; with `linger`, first drop up to that many bytes still on their way
-        (for at most the read timeout)."""
+        (for at most the read timeout). Counted and logged as any refused call."""
         if self._refused:
             return
         self._refused = True
-        self._read_since = None
+        since, self._read_since = self._read_since, None
         transport: Any = self.transport  # type: ignore[attr-defined]
         transport.write(refusal(status, code, message))
+        metrics.recorder.request("http", "", "", code.name, None)
+        if log.level <= INFO:
+            log.info("access", front="http",
+                     method=getattr(self, "_path", b"").decode("utf-8", "replace"),
+                     http_method=getattr(self, "_command", b"").decode("ascii", "replace"),
+                     code=code.name, request_id="",
+                     duration_ms=round((_monotonic() - since) * 1000, 3) if since else 0.0,
+                     backend=None, backend_ms=None, attempts=1, error=message)
         self.setRawMode()  # type: ignore[attr-defined] # anything still arriving is not parsed
         if linger > 0:
             self._linger_left = linger
