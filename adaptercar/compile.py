@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 
+from .admission import Gate
 from .backends.line import LinePool, LineSpec, ProbeSpec
 from .backends.process import ProcessPool, ProcessSpec, child_env
 from .backends.soap import SoapBackend, SoapSpec, WsdlBinding
@@ -859,6 +861,8 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
             pools[name] = ProcessPool(spec, reactor)
         else:
             pools[name] = LinePool(spec, reactor)
+    gates = {name: _gate(name, loaded.config.backends[name], pool, reactor, drain)
+             for name, pool in pools.items()}
     methods: dict[str, MethodEntry] = {}
     for path, op in loaded.ops.items():
         pool = pools[op.backend]
@@ -868,6 +872,9 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
         else:
             assert not isinstance(pool, SoapBackend)
             invoke = _invoker(op, pool, drain)
+        gate = gates[op.backend]
+        if gate is not None:
+            invoke = _admitted(invoke, gate, op.timeout if op.timeout is not None else pool.spec.timeout)
         mode = op.auth or (loaded.config.auth.default if loaded.config.auth is not None else "none")
         if mode != "none" and loaded.verifier is not None:
             invoke = _authenticated(invoke, loaded.verifier, mode)
@@ -878,6 +885,44 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
         )
     return ConfigSet(generation=generation, config=loaded.config, protoset=loaded.protoset,
                      methods=methods, backends=dict(pools), service_backends=loaded.service_backends)
+
+
+_GATES: WeakKeyDictionary[Any, Gate] = WeakKeyDictionary()
+
+
+def _gate(name: str, bcfg: Any, pool: Any, reactor: Any, drain: Any) -> Gate | None:
+    """The backend's admission gate, when it sets `max_concurrency` or `queue` (else the pool's
+    own bounds apply, as before): `max_concurrency` calls at once (default: what the pool can
+    carry), `queue` waiting (default: pool.max_waiting). A pool kept across a reload keeps its
+    gate, so calls of the old and new generation share one limit."""
+    from . import metrics
+
+    cfg = bcfg.line or bcfg.process or bcfg.soap
+    if cfg.max_concurrency is None and cfg.queue is None:
+        return None
+    pipeline = cfg.pool.pipeline if bcfg.line is not None else 1
+    limit = cfg.max_concurrency or cfg.pool.size * pipeline
+    queue = cfg.queue if cfg.queue is not None else cfg.pool.max_waiting
+    old = _GATES.get(pool)
+    if old is not None and (old.core.limit, old.core.queue) == (limit, queue):
+        return old
+    counters: dict[str, Any] = {}
+
+    def on_shed(reason: str) -> None:
+        c = counters.get(reason)
+        if c is None:
+            c = counters[reason] = metrics.backend_shed_total.labels(name, reason)
+        c.inc()
+
+    gate = _GATES[pool] = Gate(name, limit, queue, time.monotonic, reactor.callLater, on_shed, drain)
+    return gate
+
+
+def _admitted(invoke: Any, gate: Gate, timeout: float) -> Any:
+    """`invoke` behind its backend's admission gate (one way for line, process and SOAP)."""
+    from .fronts.calls import CallbackInvoke, start_from_invoke
+
+    return CallbackInvoke(gate.wrap(start_from_invoke(invoke), timeout))
 
 
 def _authenticated(invoke: Any, verifier: Any, mode: str) -> Any:

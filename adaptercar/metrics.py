@@ -38,6 +38,12 @@ backend_pool_connections = Gauge(
 backend_restarts_total = Counter(
     "adaptercar_backend_restarts_total", "Backend connections or children replaced, by reason.", ["backend", "reason"]
 )
+backend_shed_total = Counter(
+    "adaptercar_backend_shed_total",
+    "Calls refused by a backend's admission (max_concurrency + queue), by reason: queue_full and "
+    "deadline answered at once, expired when the deadline passed in the queue.",
+    ["backend", "reason"],
+)
 config_reloads_total = Counter(
     "adaptercar_config_reloads_total", "Configuration reloads by outcome.", ["outcome"]
 )

@@ -200,6 +200,14 @@ class Http(Strict):
     listen: ListenAddress
     max_body_bytes: PositiveInt = 4 * MiB
     tls: ServerTls | None = None
+    read_timeout: PositiveDuration = 10.0
+    """A request (line, headers, body) must arrive whole this long after its first byte: 408."""
+    idle_timeout: PositiveDuration = 60.0
+    """A connection with no request under way is closed after this long."""
+    max_headers: PositiveInt = 100
+    """Header fields per request; more: 431."""
+    max_header_bytes: PositiveInt = 16384
+    """Request line plus headers, in bytes; more: 431."""
 
 
 class Admin(Strict):
@@ -300,7 +308,10 @@ class _StreamBackend(Strict):
     max_reply_bytes: PositiveInt = MiB
     max_frames: PositiveInt = 10000
     max_concurrency: PositiveInt | None = None
-    """None: pool.size × pool.pipeline (+ pool.max_waiting queued)."""
+    """Calls running at once per worker, then `queue` (deadline-aware shedding); None:
+    pool.size × pool.pipeline when `queue` is set, else only the pool bounds calls."""
+    queue: NonNegativeInt | None = None
+    """Calls waiting for a slot per worker, then RESOURCE_EXHAUSTED; None: pool.max_waiting."""
     probe: Probe | None = None
     framing: Framing = NEWLINE
 
@@ -383,6 +394,10 @@ class SoapBackend(Strict):
     max_concurrency: PositiveInt | None = None
     tls: ClientTls | None = None
     """For an https:// endpoint; without it, https uses the system's CAs."""
+    """Calls running at once per worker, then `queue`; None: pool.size when `queue` is set,
+    else calls are not bounded."""
+    queue: NonNegativeInt | None = None
+    """Calls waiting for a slot per worker, then RESOURCE_EXHAUSTED; None: pool.max_waiting."""
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> SoapBackend:

@@ -393,12 +393,24 @@ class BoundedRequest(server.Request):
             super().handleContentChunk(chunk)
 
 
-def make_site(current: CurrentSet, max_body_bytes: int) -> QuietSite:
+def make_site(current: CurrentSet, max_body_bytes: int, limits: Any = None) -> QuietSite:
+    """`limits`: the `http:` config section (read/idle timeouts, header limits); None: defaults."""
+    from .http_guard import GuardMixin
+
     site = QuietSite(JsonResource(current, max_body_bytes))
     bounded: type[BoundedRequest] = type(
         "BoundedRequest", (BoundedRequest,), {"max_body_bytes": max_body_bytes}
     )
     site.requestFactory = bounded
-    site.protocol = CheapTimeoutChannel  # type: ignore[assignment]
+    if limits is None:
+        from ..config.schema import Http
+
+        limits = Http(listen="127.0.0.1:0")
+    site.timeOut = limits.idle_timeout
+    site.protocol = type("GuardedChannel", (GuardMixin, CheapTimeoutChannel), {  # type: ignore[assignment]
+        "read_timeout": limits.read_timeout, "max_body_bytes": max_body_bytes,
+        "maxHeaders": limits.max_headers, "totalHeadersSize": limits.max_header_bytes,
+        "MAX_LENGTH": limits.max_header_bytes,
+    })
     site.noisy = False
     return site

@@ -106,7 +106,7 @@ class Runtime:
                 from ..tls import ReloadableServerTls
 
                 self.front_tls["http"] = ReloadableServerTls(self.loaded.tls["http"])
-            HttpService(make_site(self.current, cfg.http.max_body_bytes), cfg.http.listen, self.drain,
+            HttpService(make_site(self.current, cfg.http.max_body_bytes, cfg.http), cfg.http.listen, self.drain,
                         drain_timeout, self.front_tls.get("http"), self.shared_port).setServiceParent(top)
         if "ambassador" in self.roles and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
