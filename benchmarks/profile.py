@@ -103,6 +103,9 @@ def main() -> int:
     p.add_argument("--only", default=",".join(SUBJECTS))
     p.add_argument("--duration", type=int, default=8, help="seconds recorded per profile")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "profiles"))
+    p.add_argument("--rate", type=int, default=0,
+                   help="profile at this fixed rate (the fixed-rate scenario's load: where CPU per "
+                        "request is measured) instead of saturating; files get a -rate suffix")
     args = p.parse_args()
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(SUBJECTS))
@@ -116,7 +119,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="adaptercar-profile-") as tmp:
-        bench = Bench(Settings(duration=args.duration), Path(tmp))
+        bench = Bench(Settings(duration=args.duration, rate=args.rate or 1000), Path(tmp))
+        suffix = "-rate" if args.rate else ""
         try:
             for subject in wanted:
                 if subject == "json":
@@ -133,16 +137,20 @@ def main() -> int:
                     pid = started.pid
 
                 def run_load(seconds: int, subject: str = subject, port: int = port) -> load.Measure:
-                    cmd = bench.json_load(port, seconds) if subject.startswith("json") \
-                        else bench.grpc_load(port, seconds)
+                    json = subject.startswith("json")
+                    if args.rate:
+                        cmd = bench.json_at_rate(port, seconds) if json else bench.grpc_at_rate(port, seconds)
+                    else:
+                        cmd = bench.json_load(port, seconds) if json else bench.grpc_load(port, seconds)
                     return load.run_one(cmd)
 
                 run_load(2)  # warm up
-                record(py_spy, pid, args.duration, "flamegraph", out / f"{subject}.svg", run_load)
-                raw = out / f"{subject}.txt"
+                name = subject + suffix
+                record(py_spy, pid, args.duration, "flamegraph", out / f"{name}.svg", run_load)
+                raw = out / f"{name}.txt"
                 m = record(py_spy, pid, args.duration, "raw", raw, run_load)
-                (out / f"{subject}.summary.txt").write_text(summarise(raw, m.rps, args.duration))
-                print(f"{subject}: {m.rps:,.0f} req/s -> {out / subject}.svg, .summary.txt", flush=True)
+                (out / f"{name}.summary.txt").write_text(summarise(raw, m.rps, args.duration))
+                print(f"{name}: {m.rps:,.0f} req/s -> {out / name}.svg, .summary.txt", flush=True)
                 time.sleep(1)
         finally:
             bench.stop()
