@@ -3,7 +3,7 @@
 Garbage, huge, deeply nested, non-UTF-8 bodies, wrong types, odd paths, query strings and
 headers: every request gets an answer in time, with a JSON error body naming the problem
 (`code`, `message`) when it is not a success, and never an INTERNAL error or a traceback. The
-sidecar answers a plain call correctly afterwards. Bounded: fixed max_examples.
+sidecar answers a plain call correctly afterwards. Bounded: a fixed number of examples, new random ones on every run (a failure prints its seed).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ headers = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=300, deadline=None, derandomize=True,
+@settings(max_examples=300, deadline=None, derandomize=False, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(targets, bodies, headers)

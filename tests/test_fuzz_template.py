@@ -25,7 +25,7 @@ from adaptercar.mapping.template import RenderContext, Scope, TemplateError, com
 from adaptercar.protos import compile_protos
 from tests.harness import ROOT, demo_like_config
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=200, deadline=None, derandomize=False, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
