@@ -513,6 +513,23 @@ def test_grpc_oversized_message_is_resource_exhausted(env: Env) -> None:
     assert env.call("ledger.v1.Ledger", "GetBalance", account_id="2001").currency == "USD"
 
 
+def test_grpc_malformed_request_bytes_are_invalid_argument(env: Env) -> None:
+    """Bytes that are not a GetBalanceRequest (a truncated varint, a wrong wire type) get
+    INVALID_ARGUMENT naming the message, an access line, and reach no backend."""
+    before = len(env.ledger.journal_lines())
+    call = env.channel.unary_unary("/ledger.v1.Ledger/GetBalance")
+    for garbage in (b"\xff\xff\xff", b"\x0a\x05ab", b"\x0b"):
+        rid = uuid.uuid4().hex
+        err = grpc_error(lambda g=garbage, r=rid: call(g, timeout=5,  # type: ignore[misc]
+                                                       metadata=[("x-request-id", r)]))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, garbage
+        assert "ledger.v1.GetBalanceRequest" in (err.details() or "")
+        line = access_line(env.sc, rid)
+        assert (line["front"], line["code"]) == ("grpc", "INVALID_ARGUMENT")
+    assert sent_since(env.ledger, before) == []
+    assert env.call("ledger.v1.Ledger", "GetBalance", account_id="2001").currency == "USD"
+
+
 def test_grpc_unknown_method_is_unimplemented(env: Env) -> None:
     for path in ("/ledger.v1.Ledger/NoSuchMethod", "/no.such.Service/Get"):
         call = env.channel.unary_unary(path)

@@ -72,12 +72,35 @@ class GrpcMeta(Mapping[str, str]):
         return repr(self._get())
 
 
+class _Malformed:
+    """A request whose bytes are not the method's message. grpc would answer a deserializer's
+    exception with UNKNOWN and no access line; the handler answers INVALID_ARGUMENT instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(entry: MethodEntry) -> Callable[[bytes], Any]:
+    from_string = entry.input_class.FromString
+    name = entry.input_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except Exception as e:  # noqa: BLE001 - DecodeError and friends: the caller's bytes
+            return _Malformed(f"the request is not a valid {name} message: {e}")
+
+    return parse
+
+
 def build_handler(
     entry: MethodEntry, loop_getter: Callable[[], asyncio.AbstractEventLoop]
 ) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
         functools.partial(_serve, entry, loop_getter),
-        request_deserializer=entry.input_class.FromString,
+        request_deserializer=_lenient(entry),
         response_serializer=entry.output_class.SerializeToString,
     )
 
@@ -117,6 +140,8 @@ async def _serve(
 
     cancel: Callable[[], None] | None = None
     try:
+        if request.__class__ is _Malformed:
+            raise CallError(Code.INVALID_ARGUMENT, request.error)
         cancel = entry.start(request, ctx, info, done)
         reply = await fut
     except CallError as e:
