@@ -50,7 +50,8 @@ class Timeout(Exception):
 class Exchange:
     """One request, from the first send to its answer (retry included)."""
 
-    __slots__ = ("data", "done", "timer", "conn", "finished", "retry_stale", "retried")
+    __slots__ = ("data", "done", "timer", "conn", "finished", "notified", "retry_stale",
+                 "retried")
 
     def __init__(self, data: bytes, done: Done, retry_stale: bool) -> None:
         self.data = data
@@ -59,6 +60,7 @@ class Exchange:
         self.timer: Any = None
         self.conn: HttpConnection | None = None
         self.finished = False
+        self.notified = False
         self.retried = False
 
     def finish(self, reply: Reply | None, err: BaseException | None) -> None:
@@ -69,7 +71,19 @@ class Exchange:
         if self.timer is not None:
             timer, self.timer = self.timer, None
             timer.cancel()
-        self.done(reply, err)
+        if not self.notified:
+            self.notified = True
+            self.done(reply, err)
+
+    def cancel(self) -> None:
+        """The caller gave up: it is told at once (CancelledError). A request already sent
+        still has its reply read, so the connection stays in step, or is closed at the
+        timeout as usual."""
+        if not self.notified:
+            from twisted.internet.defer import CancelledError
+
+            self.notified = True
+            self.done(None, CancelledError())
 
 
 class HttpConnection(asyncio.Protocol):
@@ -221,7 +235,7 @@ class HttpPool:
                 self._policy = client_policy(material, where)
 
     # -- calls -------------------------------------------------------------------------------
-    def request(self, data: bytes, timeout: float, retry_stale: bool, done: Done) -> None:
+    def request(self, data: bytes, timeout: float, retry_stale: bool, done: Done) -> Exchange:
         """Send `data` (a whole request) on an idle connection or a new one; `done(reply,
         None)` or `done(None, error)` once, error being ConnectFailed, NoReply, Timeout,
         ReplyTooLarge or HttpError. `retry_stale`: a request lost on a reused connection
@@ -234,12 +248,14 @@ class HttpPool:
             conn = idle.pop()
             if not conn.closed:
                 conn.send(ex)
-                return
+                return ex
         self._connect(ex)
+        return ex
 
     def lost(self, ex: Exchange, err: NoReply) -> None:
         if err.stale and ex.retry_stale and not ex.retried and not self.stopping:
             ex.retried = True
+            ex.conn = None
             self._connect(ex)
             return
         err.retried = ex.retried

@@ -15,6 +15,7 @@ can never be read by the next call.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,7 +319,24 @@ class SoapBackend:
 
     def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
              extra_headers: dict[str, str], idempotent: bool = False) -> defer.Deferred[Any]:
-        """→ zeep's result, or a FaultInfo (the caller maps it with the method's rules).
+        """`start`, as a Deferred."""
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if err is None:
+                result.callback(value)
+            else:
+                result.errback(Failure(err))
+
+        self.start_call(operation, kwargs, timeout, extra_headers, idempotent, done)
+        return result
+
+    def start_call(self, operation: str, kwargs: dict[str, Any], timeout: float,
+                   extra_headers: dict[str, str], idempotent: bool,
+                   done: Callable[[Any, BaseException | None], None]) -> Callable[[], None]:
+        """Send one call; `done(zeep's result or a FaultInfo, None)` or `done(None, CallError)`
+        once (the caller maps a FaultInfo with the method's rules). → a function that gives up
+        on the call. Raises CallError when the request cannot be built: nothing was sent.
 
         A request that got not one byte of reply because its pooled connection turned out to
         be dead (the server closed it while idle, as the request went out) is sent once more on
@@ -326,33 +344,37 @@ class SoapBackend:
         data, headers = self.envelope(operation, kwargs)  # may raise: nothing sent
         try:
             request = request_bytes(self.pool.prefix, (*headers.items(), *extra_headers.items(),
-                                                  *self.auth), data)
+                                                       *self.auth), data)
         except ValueError as e:
             raise CallError(Code.INVALID_ARGUMENT, f"cannot send to SOAP backend: {e}") from None
-        result: defer.Deferred[Any] = defer.Deferred()
         self.in_flight += 1
 
-        def done(reply: Reply | None, err: BaseException | None) -> None:
+        def answered(reply: Reply | None, err: BaseException | None) -> None:
             self.in_flight -= 1
             if reply is not None:
                 self._mark(True, "")  # whatever came back, the endpoint is up
                 try:
                     value = self._parsed(operation, reply)
                 except CallError as e:
-                    result.errback(e)
+                    done(None, e)
+                    return
+                except Exception as e:  # noqa: BLE001 - never into the connection's callback
+                    done(None, CallError(Code.INTERNAL, f"SOAP reply: {type(e).__name__}: {e}"))
                     return
                 self.failures = 0
-                result.callback(value)
+                done(value, None)
                 return
             assert err is not None
+            if isinstance(err, defer.CancelledError):
+                done(None, err)
+                return
             call_error = self._error(err, timeout, idempotent)
             if call_error.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
                 self.failures += 1
                 self.last_error = call_error.message
-            result.errback(call_error)
+            done(None, call_error)
 
-        self.pool.request(request, timeout, idempotent, done)
-        return result
+        return self.pool.request(request, timeout, idempotent, answered).cancel
 
     def _parsed(self, operation: str, reply: Reply) -> Any:
         envelope = read_reply(reply.status, reply.body, self.wsdl.soap_ns)
