@@ -250,3 +250,23 @@ def test_the_pool_works_on_a_reactor_that_is_not_asyncio_based() -> None:
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[b'call 1', b'call 2', b'call 3'] 1"  # one kept-alive connection
+
+
+def test_a_connection_lost_as_soon_as_it_opens_fails_the_call_at_once() -> None:
+    """However the close races the send (lost before it: ConnectFailed; after: NoReply), the
+    call fails at once, not at its timeout. (Lost before the send is the race a TLS server
+    refusing the client's certificate makes likely: tests/test_tls_upstreams.py.)"""
+    async def test(loop: asyncio.AbstractEventLoop) -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.transport.abort()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        pool = pool_for(loop, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/svc")
+        for _ in range(20):
+            t0 = loop.time()
+            reply, err = await call(pool, timeout=5.0)
+            assert reply is None and isinstance(err, (ConnectFailed, NoReply)), err
+            assert loop.time() - t0 < 1.0
+        server.close()
+
+    run(test)

@@ -96,6 +96,7 @@ class HttpConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.closed = False
         self.reused = False
+        self.lost_reason: BaseException | None = None
 
     def connection_made(self, transport: Any) -> None:  # uvloop's are not asyncio.Transport
         self.transport = transport
@@ -132,6 +133,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost_reason = exc
         self.pool.forget(self)
         ex, self.exchange = self.exchange, None
         if ex is None or ex.finished:
@@ -219,7 +221,6 @@ class HttpPool:
         self.reactor = reactor
         self.loop: Any = getattr(reactor, "_asyncioEventloop", None)
         self.idle: list[HttpConnection] = []
-        self.open: set[HttpConnection] = set()
         self.stopping = False
         self.tls = tls
         self.server_name = (tls.server_name if tls is not None else None) or self.host
@@ -277,7 +278,6 @@ class HttpPool:
             self.idle.append(conn)
 
     def forget(self, conn: HttpConnection) -> None:
-        self.open.discard(conn)
         if conn in self.idle:
             self.idle.remove(conn)
 
@@ -288,8 +288,10 @@ class HttpPool:
             if err is not None:
                 ex.finish(None, ConnectFailed(describe(err)))
                 return
-            self.open.add(conn)
-            if self.stopping:
+            if conn.closed:  # lost before we got to it (a TLS peer that refused us, say)
+                why = describe(conn.lost_reason) if conn.lost_reason is not None else "closed"
+                ex.finish(None, ConnectFailed(f"the connection was lost at once: {why}"))
+            elif self.stopping:
                 conn.close()
                 ex.finish(None, ConnectFailed("the backend is stopping"))
             elif ex.finished:  # its call timed out meanwhile: a fresh connection, keep it
@@ -299,7 +301,8 @@ class HttpPool:
 
         if self.loop is not None:
             task = self.loop.create_task(self._aio_connect(conn))
-            task.add_done_callback(lambda t: connected(t.exception()))
+            task.add_done_callback(lambda t: connected(
+                ConnectFailed("connect cancelled") if t.cancelled() else t.exception()))
         else:
             self._tx_connect(conn).addCallbacks(lambda _: connected(None),
                                                 lambda f: connected(f.value))
