@@ -1,18 +1,21 @@
-"""A SOAP backend: zeep builds and reads envelopes, Twisted carries them over HTTP.
+"""A SOAP backend: compiled plans (or zeep) build and read envelopes, a lean HTTP/1.1 client
+carries them.
 
 zeep's own transport (`requests`) blocks, so it is used only to load the WSDL, once per config
-load and before the reactor runs (or in the reload thread). Per call, zeep renders the envelope
-(`binding._create`, which also yields SOAPAction / Content-Type and applies WS-Security), the
-bytes go out on a pooled persistent `twisted.web.client.Agent` connection, and the reply is read
-with a bound on its size, parsed by the hardened reader in `mapping.soap_operation` and handed
-to zeep's operation for deserialisation. A timeout aborts the connection, so a late reply can
-never be read by the next call.
+load and before the reactor runs (or in the reload thread). Per call, the operation's compiled
+plan (or zeep's `binding._create`, which also yields SOAPAction / Content-Type and applies
+WS-Security) renders the envelope, the bytes go out on a persistent connection of the
+backend's `http_pool.HttpPool` (HTTP/1.1 from the sans-IO `mapping.http11`, which replaced
+Twisted's `Agent`: measured as most of the JSON worker's time on this path), and the reply,
+read with a bound on its size, is parsed by the hardened reader in `mapping.soap_operation`
+and handed to the compiled reader (or zeep's). A timeout closes the connection, so a late reply
+can never be read by the next call.
 """
 
 from __future__ import annotations
 
 import base64
-import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,10 @@ from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 
 from ..mapping.errors import CallError, Code
+from ..mapping.http11 import HttpError, Reply, ReplyTooLarge, request_bytes
 from ..mapping.soap_compiled import Fallback, compile_binding
 from ..mapping.soap_operation import SOAP11, SOAP12, FaultInfo, read_reply
+from .http_pool import HttpPool, NoReply, Timeout, describe
 
 # External references are decided by `_offline_transport`, not refused wholesale by zeep, so that
 # standard schemas imported by URL resolve to the local copies below.
@@ -211,53 +216,7 @@ def reply_wrapper(op: Any) -> tuple[Any, str | None]:
     return typ, None
 
 
-class _Reader(protocol.Protocol):
-    def __init__(self, limit: int, done: defer.Deferred[bytes]) -> None:
-        self.limit = limit
-        self.done = done
-        self.buf = io.BytesIO()
-        self.size = 0
-        self.over = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.over:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            self.over = True
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            self.done.errback(CallError(Code.INTERNAL, f"SOAP reply exceeds max_reply_bytes "
-                                                       f"({self.limit})"))
-            return
-        self.buf.write(data)
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self.over or self.done.called:
-            return
-        from twisted.web.client import PotentialDataLoss, ResponseDone
-
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(self.buf.getvalue())
-        else:
-            self.done.errback(CallError(Code.UNAVAILABLE, f"SOAP reply cut short: {reason.value}"))
-
-
 _UNREACHABLE = (error.ConnectError, error.DNSLookupError, error.ConnectionLost, error.TimeoutError)
-
-
-def _no_reply_errors() -> tuple[type[Exception], ...]:
-    from twisted.web._newclient import (
-        RequestNotSent,
-        RequestTransmissionFailed,
-        ResponseNeverReceived,
-    )
-
-    return (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
-
-
-#: The request went out (or tried to) on a connection that died before one byte of reply.
-_NO_REPLY = _no_reply_errors()
-
 
 #: Seconds between connect probes of an idle SOAP endpoint (calls report on it meanwhile).
 PROBE_EVERY = 5.0
@@ -277,14 +236,12 @@ class SoapBackend:
         self.reactor: Any = reactor
         self.url = wsdl.address.encode()
         self.probe_ok: bool | None = None  # None: not probed yet
-        self.fresh_agent: Any = None
         self._loop: Any = None
-        self.auth: dict[str, str] = {}
+        self.auth: tuple[tuple[str, str], ...] = ()
         if spec.basic_auth is not None:
             pair = f"{spec.basic_auth[0]}:{spec.basic_auth[1]}".encode()
-            self.auth["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            self.auth = (("Authorization", "Basic " + base64.b64encode(pair).decode("ascii")),)
         self.pool: Any = None
-        self.agent: Any = None
         self.in_flight = 0
         self.failures = 0
         self.last_error = ""
@@ -293,21 +250,10 @@ class SoapBackend:
 
     def start(self) -> None:
         from twisted.internet import task
-        from twisted.web.client import Agent, HTTPConnectionPool
 
-        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self.pool.maxPersistentPerHost = self.spec.pool_size
-        self.pool.retryAutomatically = False  # our own retry decides, by the method's idempotency
-        extra: dict[str, Any] = {}
-        if self.spec.tls is not None:
-            from ..tls import client_policy
-
-            extra["contextFactory"] = client_policy(self.spec.tls, f"backend {self.spec.name}")
-        self.agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout, pool=self.pool,
-                           **extra)
-        # the retry after a stale pooled connection goes out on a connection of its own
-        self.fresh_agent = Agent(self.reactor, connectTimeout=self.spec.connect_timeout,
-                                 pool=HTTPConnectionPool(self.reactor, persistent=False), **extra)
+        self.pool = HttpPool(self.wsdl.address, self.spec.pool_size, self.spec.connect_timeout,
+                             self.spec.max_reply_bytes, self.reactor, self.spec.tls,
+                             f"backend {self.spec.name}")
         self._loop = task.LoopingCall(self._probe)
         self._loop.clock = self.reactor
         self._loop.start(PROBE_EVERY, now=True)
@@ -315,10 +261,9 @@ class SoapBackend:
     def stop(self) -> defer.Deferred[None]:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self.pool is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = self.pool.closeCachedConnections()
-        return d
+        if self.pool is not None:
+            self.pool.stop()
+        return defer.succeed(None)
 
     def _probe(self) -> defer.Deferred[None] | None:
         """A TCP connect to the endpoint's host and port, closed at once."""
@@ -374,89 +319,87 @@ class SoapBackend:
 
     def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
              extra_headers: dict[str, str], idempotent: bool = False) -> defer.Deferred[Any]:
-        """→ zeep's result, or a FaultInfo (the caller maps it with the method's rules).
+        """`start`, as a Deferred."""
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if err is None:
+                result.callback(value)
+            else:
+                result.errback(Failure(err))
+
+        self.start_call(operation, kwargs, timeout, extra_headers, idempotent, done)
+        return result
+
+    def start_call(self, operation: str, kwargs: dict[str, Any], timeout: float,
+                   extra_headers: dict[str, str], idempotent: bool,
+                   done: Callable[[Any, BaseException | None], None]) -> Callable[[], None]:
+        """Send one call; `done(zeep's result or a FaultInfo, None)` or `done(None, CallError)`
+        once (the caller maps a FaultInfo with the method's rules). → a function that gives up
+        on the call. Raises CallError when the request cannot be built: nothing was sent.
 
         A request that got not one byte of reply because its pooled connection turned out to
         be dead (the server closed it while idle, as the request went out) is sent once more on
         a fresh connection, but only for an idempotent method: the server may have acted on it."""
-        from twisted.web.client import FileBodyProducer
-        from twisted.web.http_headers import Headers
-
         data, headers = self.envelope(operation, kwargs)  # may raise: nothing sent
-        hdrs = Headers({k.encode(): [v.encode()] for k, v in {**headers, **extra_headers,
-                                                                   **self.auth}.items()})
-        state: dict[str, Any] = {"timed_out": False, "reader": None, "req": None, "retried": False}
-        result: defer.Deferred[Any] = defer.Deferred()
+        try:
+            request = request_bytes(self.pool.prefix, (*headers.items(), *extra_headers.items(),
+                                                       *self.auth), data)
+        except ValueError as e:
+            raise CallError(Code.INVALID_ARGUMENT, f"cannot send to SOAP backend: {e}") from None
         self.in_flight += 1
 
-        def send(agent: Any) -> defer.Deferred[tuple[int, bytes]]:
-            req = agent.request(b"POST", self.url, hdrs, FileBodyProducer(io.BytesIO(data)))
-            state["req"] = req
-            return req.addCallback(got_response)
-
-        def on_timeout() -> None:
-            state["timed_out"] = True
-            reader = state["reader"]
-            if reader is not None and reader.transport is not None:  # type: ignore[attr-defined]
-                reader.transport.stopProducing()  # type: ignore[attr-defined]
-            state["req"].cancel()
-
-        timer = self.reactor.callLater(timeout, on_timeout)
-
-        def got_response(response: Any) -> defer.Deferred[tuple[int, bytes]]:
-            body: defer.Deferred[bytes] = defer.Deferred()
-            reader = _Reader(self.spec.max_reply_bytes, body)
-            state["reader"] = reader
-            response.deliverBody(reader)
-            return body.addCallback(lambda raw: (int(response.code), raw))
-
-        def stale(f: Failure) -> Any:
-            if idempotent and not state["retried"] and not state["timed_out"] and f.check(*_NO_REPLY):
-                state["retried"] = True
-                return send(self.fresh_agent)
-            return f
-
-        def parsed(status_raw: tuple[int, bytes]) -> Any:
-            status, raw = status_raw
-            self._mark(True, "")  # whatever came back, the endpoint is up
-            envelope = read_reply(status, raw, self.wsdl.soap_ns)
-            if isinstance(envelope, FaultInfo):
-                return envelope
-            return self._deserialize(operation, envelope, raw)
-
-        def failed(f: Failure) -> Failure:
-            if state["timed_out"]:
-                return Failure(CallError(Code.DEADLINE_EXCEEDED,
-                                         f"SOAP backend {self.spec.name} did not answer in {timeout:g}s"))
-            if f.check(CallError):
-                return f
-            if f.check(*_NO_REPLY):
-                note = " (sent twice)" if state["retried"] else (
-                    "" if idempotent else " (not retried: the method is not idempotent)")
-                return Failure(CallError(Code.UNAVAILABLE, f"SOAP backend {self.spec.name} at "
-                                         f"{self.wsdl.address} closed the connection without a "
-                                         f"reply{note}: {_describe(f)}"))
-            self._mark(False, "")
-            return Failure(CallError(Code.UNAVAILABLE, f"SOAP backend {self.spec.name} at "
-                                     f"{self.wsdl.address} unreachable: {_describe(f)}"))
-
-        def finish(value: Any) -> None:
+        def answered(reply: Reply | None, err: BaseException | None) -> None:
             self.in_flight -= 1
-            if timer.active():
-                timer.cancel()
-            if isinstance(value, Failure):
-                err = value.value
-                if isinstance(err, CallError) and err.code in (Code.UNAVAILABLE,
-                                                               Code.DEADLINE_EXCEEDED):
-                    self.failures += 1
-                    self.last_error = err.message
-                result.errback(value)
-            else:
+            if reply is not None:
+                self._mark(True, "")  # whatever came back, the endpoint is up
+                try:
+                    value = self._parsed(operation, reply)
+                except CallError as e:
+                    done(None, e)
+                    return
+                except Exception as e:  # noqa: BLE001 - never into the connection's callback
+                    done(None, CallError(Code.INTERNAL, f"SOAP reply: {type(e).__name__}: {e}"))
+                    return
                 self.failures = 0
-                result.callback(value)
+                done(value, None)
+                return
+            assert err is not None
+            if isinstance(err, defer.CancelledError):
+                done(None, err)
+                return
+            call_error = self._error(err, timeout, idempotent)
+            if call_error.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                self.failures += 1
+                self.last_error = call_error.message
+            done(None, call_error)
 
-        send(self.agent).addErrback(stale).addCallback(parsed).addErrback(failed).addBoth(finish)
-        return result
+        return self.pool.request(request, timeout, idempotent, answered).cancel
+
+    def _parsed(self, operation: str, reply: Reply) -> Any:
+        envelope = read_reply(reply.status, reply.body, self.wsdl.soap_ns)
+        if isinstance(envelope, FaultInfo):
+            return envelope
+        return self._deserialize(operation, envelope, reply.body)
+
+    def _error(self, err: BaseException, timeout: float, idempotent: bool) -> CallError:
+        where = f"SOAP backend {self.spec.name} at {self.wsdl.address}"
+        if isinstance(err, Timeout):
+            return CallError(Code.DEADLINE_EXCEEDED,
+                             f"SOAP backend {self.spec.name} did not answer in {timeout:g}s")
+        if isinstance(err, ReplyTooLarge):
+            return CallError(Code.INTERNAL, f"SOAP reply exceeds max_reply_bytes "
+                                            f"({self.spec.max_reply_bytes}): {err}")
+        if isinstance(err, NoReply):
+            note = " (sent twice)" if err.retried else (
+                "" if idempotent or not err.stale else
+                " (not retried: the method is not idempotent)")
+            return CallError(Code.UNAVAILABLE, f"{where} closed the connection without a "
+                                               f"reply{note}: {err}")
+        if isinstance(err, HttpError):
+            return CallError(Code.UNAVAILABLE, f"{where}: unreadable HTTP reply: {err}")
+        self._mark(False, "")
+        return CallError(Code.UNAVAILABLE, f"{where} unreachable: {describe(err)}")
 
     def _deserialize(self, operation: str, envelope: Any, raw: bytes) -> Any:
         compiled = self.compiled.operations.get(operation)
