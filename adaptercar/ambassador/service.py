@@ -39,7 +39,7 @@ def tune_gc() -> None:
     Measured under the benchmark's load (benchmarks/profiles/ambassador-*.svg): a proxied
     request allocates a few hundred objects (Deferreds, coroutines, header dicts) that live
     for its few milliseconds, so with the default thresholds they survive young collections
-    and are promoted, and full collections ran several times a second over the ~70k objects
+    and are promoted, and full collections ran about twice a second over the ~70k objects
     of the loaded modules and config: a quarter of the worker's CPU. Freezing what exists
     once the routes are up takes those objects out of every collection, and a larger young
     generation lets a request's objects die by reference counting before a collection sees
