@@ -218,6 +218,42 @@ def test_breaker_opens_half_opens_one_trial_and_closes() -> None:
     assert br.state == OPEN and not br.available()
 
 
+def test_breaker_counts_consecutive_failures_on_its_fast_path() -> None:
+    """While closed with nothing counted, a try skips pybreaker; failures still count."""
+    from twisted.internet import defer
+
+    from adaptercar.ambassador.breaker import CLOSED, OPEN, EndpointBreaker
+
+    br = EndpointBreaker(failures=3, reset=30.0)
+
+    def run(result: str) -> defer.Deferred[str | None]:
+        async def attempt() -> str:
+            if result == "raise":
+                raise ConnectionError("boom")
+            return result
+
+        return defer.ensureDeferred(br.run(attempt, lambda r: r == "fail"))
+
+    for _ in range(5):  # a success in between resets the count: never three in a row
+        run("fail"), run("fail")
+        assert run("ok").result == "ok" and br.state == CLOSED and br.cb.fail_counter == 0
+    hang: defer.Deferred[str] = defer.Deferred()
+
+    async def waiting() -> str:
+        return await hang
+
+    cancelled = defer.ensureDeferred(br.run(waiting, lambda r: False))
+    cancelled.addErrback(lambda f: f.trap(defer.CancelledError))
+    cancelled.cancel()  # says nothing about the endpoint
+    assert br.cb.fail_counter == 0 and br.state == CLOSED
+    raised = run("raise")
+    assert raised.result.check(ConnectionError)  # an unexpected error is counted, then raised
+    raised.addErrback(lambda f: None)
+    assert br.cb.fail_counter == 1
+    run("fail")
+    assert run("fail").result == "fail" and br.state == OPEN
+
+
 def test_endpoint_authority_for_host_rewrite() -> None:
     assert Endpoint("10.0.0.1", 8080, name="pay-1.svc.local").authority == b"pay-1.svc.local:8080"
     assert Endpoint("10.0.0.1", 80, name="pay-1").authority == b"pay-1"  # the default port is implied

@@ -60,6 +60,7 @@ def test_proxies_and_spreads_across_static_upstreams(sidecars: Any, upstreams: A
         assert status == 200, body
         seen.add(body)
     assert seen == {b"a", b"b"}
+    assert headers["server"].startswith("BaseHTTP") and headers["date"]  # the upstream's own
     assert a.count() + b.count() == 40
     got = a.received[0]
     assert got.path.startswith("/item/") and got.path.endswith("?q=1")

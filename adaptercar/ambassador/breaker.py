@@ -65,7 +65,10 @@ class EndpointBreaker:
 
     async def run(self, attempt: Callable[[], Awaitable[T]], failed: Callable[[T], bool]) -> T | None:
         """Run one try under the breaker; None when the breaker refused it (still open)."""
-        trial = self.cb.current_state != pybreaker.STATE_CLOSED
+        cb = self.cb
+        if cb.current_state == pybreaker.STATE_CLOSED and cb.fail_counter == 0:
+            return await self._run_healthy(attempt, failed)
+        trial = cb.current_state != pybreaker.STATE_CLOSED
         self.trial = self.trial or trial
         result: T | None = None
         done = False
@@ -88,3 +91,29 @@ class EndpointBreaker:
             if trial:
                 self.trial = False
         return result
+
+    async def _run_healthy(self, attempt: Callable[[], Awaitable[T]],
+                           failed: Callable[[T], bool]) -> T:
+        """The common case, closed with no failure counted: a success changes nothing.
+
+        pybreaker's `calling()` takes a lock, resets the counter and calls every listener
+        on each success; here only a failure goes through pybreaker (recorded after the
+        fact, with the same effect: the counter grows, or the breaker opens).
+        """
+        try:
+            result = await attempt()
+        except (defer.CancelledError, asyncio.CancelledError):
+            raise  # says nothing about the endpoint (counted as a success: a no-op here)
+        except Exception as e:
+            self._record_failure(e)
+            raise
+        if failed(result):
+            self._record_failure(_Failed())
+        return result
+
+    def _record_failure(self, why: Exception) -> None:
+        try:
+            with self.cb.calling():
+                raise why
+        except (type(why), pybreaker.CircuitBreakerError):
+            pass  # the try already happened; opening now only affects the next picks
