@@ -126,12 +126,9 @@ def test_budget_exhausted_returns_the_last_response(sidecars: Any, upstreams: An
     assert a.count() <= 50 * 1.2 + 1  # the storm is bounded by the budget
 
 
-def _best_of(tries: int, expected: float, once: Any) -> float:
-    """The smallest overshoot of `expected` over a few calls, each of which must not be early.
-
-    A loaded 2-core box may delay any single call by scheduling noise; the sidecar's own
-    timers are what is checked, so one of three calls must land within the bound.
-    """
+def _worst_of(tries: int, expected: float, once: Any) -> float:
+    """The largest overshoot of `expected` over a few calls, each of which must not be early:
+    every timeout must be honoured within the bound, not just one of them."""
     overshoot = []
     for _ in range(tries):
         t0 = time.monotonic()
@@ -139,7 +136,8 @@ def _best_of(tries: int, expected: float, once: Any) -> float:
         took = time.monotonic() - t0
         assert took >= expected - 0.005, f"answered after {took:.3f} s, before {expected} s"
         overshoot.append(took - expected)
-    return min(overshoot)
+    print(f"overshoot of {expected} s: {[round(o * 1000, 1) for o in overshoot]} ms")
+    return max(overshoot)
 
 
 def test_per_try_and_overall_timeouts_within_100ms(sidecars: Any, upstreams: Any) -> None:
@@ -164,9 +162,9 @@ def test_per_try_and_overall_timeouts_within_100ms(sidecars: Any, upstreams: Any
         status, headers, _ = call(hport)
         assert status == 504 and headers["x-adaptercar-reason"] == "deadline"
 
-    assert _best_of(3, 0.6, per_try) < 0.1  # two tries of 300 ms each
+    assert _worst_of(3, 0.6, per_try) < 0.1  # two tries of 300 ms each
     assert slow.count() == 3 * 2
-    assert _best_of(3, 0.5, overall) < 0.1
+    assert _worst_of(3, 0.5, overall) < 0.1
     assert hang.count() >= 3  # the deadline cut a try that had reached the upstream
 
 

@@ -135,6 +135,17 @@ def test_record_change_after_ttl_and_resolver_down(sidecars: Any, upstreams: Any
     sc = sidecars(cfg, single_process=True)
     caller = Caller(port)
     wait_for(lambda: caller.get() == (200, b"a"))
+    # answers are cached for their TTL (1 s), not looked up per call: over 2 s of steady calls
+    # the route refreshes about twice, whatever the number of calls
+    refreshed = sc.metric_value("adaptercar_discovery_refreshes_total", route="pay", outcome="ok")
+    calls, end = 0, time.monotonic() + 2.0
+    while time.monotonic() < end:
+        assert caller.get() == (200, b"a")
+        calls += 1
+    time.sleep(0.6)  # metrics reach /metrics within 0.5 s
+    lookups = sc.metric_value("adaptercar_discovery_refreshes_total", route="pay",
+                              outcome="ok") - refreshed
+    assert calls >= 40 and 1 <= lookups <= 5, (calls, lookups)
     dns_server.set([(10, 1, b)])
     wait_for(lambda: caller.get() == (200, b"b"))  # TTL is 1 s
     dns_server.stop()
