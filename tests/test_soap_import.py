@@ -21,6 +21,7 @@ from tests.test_soap_fixture import Crm, start_crm
 
 CRM_WSDL = ROOT / "legacy_fixtures" / "crm" / "crm.wsdl"
 ORDERS_WSDL = ROOT / "tests" / "wsdl" / "orders" / "orders.wsdl"
+PRICING_WSDL = ROOT / "tests" / "wsdl" / "pricing" / "pricing.wsdl"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -298,3 +299,49 @@ def test_what_a_proto_cannot_express_is_reported_per_element_and_the_rest_works(
     errs = errors_of(out / "adaptercar.yaml")
     assert len(errs) == 1 and "examples[3]: example failed: shipmentId: expected 10, got 9" \
         in errs[0], errs
+
+
+def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> None:
+    """Bare: the parts are the body's elements. Several simple-typed parts make one message of
+    their elements (GetPrice, both ways); one complex-typed part is that element's content
+    (CheckStock, named unlike the operation); one simple-typed part cannot be mapped yet (Echo):
+    said, and the rest written."""
+    out = tmp_path / "pricing"
+    res = cli("import-wsdl", str(PRICING_WSDL), "--package", "pricing.v1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == [
+        "warning: Echo: its input is one element of a simple type (echo: xsd:string), which the "
+        "soap backend cannot map yet; operation skipped"]
+    proto = next((out / "protos").glob("*.proto")).read_text()
+    assert "rpc Echo" not in proto and "Echo" not in proto
+    assert "message GetPriceRequest {\n  string sku = 1;\n  int32 quantity = 2;\n}" in proto
+    assert "message GetPriceReply {\n  string unitPrice = 1;\n  string currency = 2;\n}" in proto
+    assert "message CheckStockRequest {\n  string sku = 1;\n  optional string warehouse = 2;\n}" \
+        in proto
+    assert "message CheckStockReply {\n  string sku = 1;\n  int64 onHand = 2;\n" \
+        "  repeated string warehouse = 3;\n}" in proto
+    # real calls through zeep's offline path: the request written, the reply read
+    mapping = next((out / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    ns = 'xmlns="urn:example:pricing"'
+    envelope = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>{}'
+                '</e:Body></e:Envelope>')
+    m["methods"]["GetPrice"] = {"examples": [
+        {"request": {"sku": "A-1", "quantity": 3},
+         "reply": envelope.format(f'<unitPrice {ns}>12.50</unitPrice><currency {ns}>EUR</currency>'),
+         "expect": {"unitPrice": "12.50", "currency": "EUR"}},
+        {"request": {"sku": "A-1", "quantity": 3},
+         "reply": envelope.format(f'<unitPrice {ns}>1</unitPrice><currency {ns}>EUR</currency>'),
+         "expect": {"unitPrice": "2", "currency": "EUR"}},  # must fail: proves they run
+        {"request": {"quantity": 3}, "expect": {"error": "INVALID_ARGUMENT",
+                                                "message": "sku is required"}},
+    ]}
+    m["methods"]["CheckStock"] = {"examples": [
+        {"request": {"sku": "A-1", "warehouse": "AMS"},
+         "reply": f'<StockLevel {ns}><sku>A-1</sku><onHand>40000000000</onHand>'
+                  '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
+         "expect": {"sku": "A-1", "onHand": 40000000000, "warehouse": ["AMS", "LHR"]}}]}
+    mapping.write_text(yaml.safe_dump(m, sort_keys=False))
+    errs = errors_of(out / "adaptercar.yaml")
+    assert len(errs) == 1 and "GetPrice.examples[1]: example failed: unitPrice: expected '2', " \
+        "got '1'" in errs[0], errs
