@@ -204,7 +204,7 @@ def _lone_simple(op: Any) -> str:
     from zeep.xsd.types import ComplexType
 
     for side in ("input", "output"):
-        body = getattr(getattr(op, side, None), "body", None)
+        body: Any = getattr(getattr(op, side, None), "body", None)
         typ = getattr(body, "type", None)
         if typ is not None and not isinstance(typ, ComplexType):
             return (f"its {side} is one element of a simple type "
