@@ -6,7 +6,9 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +347,72 @@ def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> 
     errs = errors_of(out / "adaptercar.yaml")
     assert len(errs) == 1 and "GetPrice.examples[1]: example failed: unitPrice: expected '2', " \
         "got '1'" in errs[0], errs
+
+
+_PRICING_REPLIES = {
+    "sku": '<p:unitPrice xmlns:p="urn:example:pricing">12.50</p:unitPrice>'
+           '<p:currency xmlns:p="urn:example:pricing">EUR</p:currency>',
+    "StockQuery": '<StockLevel xmlns="urn:example:pricing"><sku>A-1</sku><onHand>7</onHand>'
+                  '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
+}
+
+
+class _Pricing(BaseHTTPRequestHandler):
+    """A bare service in a few lines: answers by the first element of the Body, and keeps
+    what it was sent."""
+
+    seen: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).seen.append(body)
+        first = re.search(rb"<soap-env:Body><(?:\w+:)?(\w+)", body)
+        payload = _PRICING_REPLIES[first.group(1).decode()] if first else ""
+        out = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+               f"{payload}</e:Body></e:Envelope>").encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/xml; charset=utf-8")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_document_literal_bare_end_to_end(tmp_path: Path, sidecars: Any) -> None:
+    out = tmp_path / "pricing"
+    config = imported(PRICING_WSDL, out, package="pricing.v1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pricing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = yaml.safe_load(config.read_text())
+        for role in ("grpc", "http", "admin"):
+            cfg[role] = {}
+        cfg["protos"] = [str(out / "protos")]
+        cfg["mappings"] = [str(out / "mappings")]
+        soap = cfg["backends"]["pricing_service"]["soap"]
+        soap["wsdl"] = str(out / soap["wsdl"])
+        url = f"http://127.0.0.1:{server.server_address[1]}/pricing"
+        sc = sidecars(cfg, single_process=True, env={"PRICING_SERVICE_URL": url})
+        status, body, _ = sc.http("POST", "/v1/pricing-service/GetPrice",
+                                  body={"sku": "A-1", "quantity": 3})
+        assert status == 200 and body == {"unitPrice": "12.50", "currency": "EUR"}, body
+        # bare: the parts are the Body's children, no wrapper named after the operation
+        assert re.search(rb"<soap-env:Body><(\w+:)?sku[ >].*A-1</(\w+:)?sku><(\w+:)?quantity"
+                         rb"[ >].*3</(\w+:)?quantity></soap-env:Body>", _Pricing.seen[-1]), \
+            _Pricing.seen[-1]
+        ps = compile_protos([out / "protos"])
+        md = ps.services()["pricing.v1.PricingService"].methods_by_name["CheckStock"]
+        req_cls: Any = ps.message_class(md.input_type)
+        resp_cls: Any = ps.message_class(md.output_type)
+        with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+            stub = ch.unary_unary("/pricing.v1.PricingService/CheckStock",
+                                  request_serializer=req_cls.SerializeToString,
+                                  response_deserializer=resp_cls.FromString)
+            got = stub(req_cls(sku="A-1"), timeout=10)
+        assert (got.sku, got.onHand, list(got.warehouse)) == ("A-1", 7, ["AMS", "LHR"])
+        assert re.search(rb"<soap-env:Body><(\w+:)?StockQuery[ >]", _Pricing.seen[-1])
+    finally:
+        server.shutdown()
+        server.server_close()
