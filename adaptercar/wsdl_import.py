@@ -148,16 +148,31 @@ class _Builder:
         self.messages.append(msg)
         used: set[str] = set()
         number = 1
+        oneofs = _choices(typ, where, self.warnings)
+        open_oneof: str | None = None
         for el_name, el in getattr(typ, "elements", ()):
-            if not isinstance(el_name, str) or not hasattr(el, "type"):
-                self.warnings.append(f"{where}: {type(el).__name__} (choice/any) is not expressed; "
+            if _is_any(el):
+                self.warnings.append(f"{where}: xsd:any (elements of any name) is not expressed; "
                                      f"skipped")
+                continue
+            if not isinstance(el_name, str) or not hasattr(el, "type"):
+                what = (f"a repeated choice of {_members(el)}" if isinstance(el, list)
+                        else type(el).__name__)
+                self.warnings.append(f"{where}: {what} is not expressed; skipped")
                 continue
             fname = ident(el_name)
             if fname in used:
                 self.warnings.append(f"{where}.{el_name}: name clash; skipped")
                 continue
             used.add(fname)
+            group = oneofs.get(el_name)
+            if group != open_oneof:
+                if open_oneof is not None:
+                    msg.fields.append("  }")
+                if group is not None:
+                    msg.fields.append(f"  oneof {group} {{")
+                open_oneof = group
+            indent = "    " if group is not None else "  "
             sub = el.type
             many = el.max_occurs == "unbounded" or (isinstance(el.max_occurs, int) and el.max_occurs > 1)
             item = array_item(sub)
@@ -171,11 +186,81 @@ class _Builder:
                 ftype = self.enum(sub, literals, f"{where}.{el_name}") if literals else _scalar(sub)
                 self.timestamp = self.timestamp or ftype == TIMESTAMP
                 label = "repeated " if many else ("optional " if el.min_occurs == 0 else "")
-            msg.fields.append(f"  {label}{ftype} {fname} = {number};")
+            if group is not None:
+                label = ""  # a oneof's fields have presence already
+            msg.fields.append(f"{indent}{label}{ftype} {fname} = {number};")
             number += 1
-        if getattr(typ, "attributes", None):
-            self.warnings.append(f"{where}: XML attributes are not expressed; skipped")
+        if open_oneof is not None:
+            msg.fields.append("  }")
+        for attr_name, _attr in getattr(typ, "attributes", ()):
+            self.warnings.append(f"{where}: attribute {attr_name!r} is not expressed; skipped")
         return name
+
+
+def _lone_simple(op: Any) -> str:
+    """Document/literal bare with a message of ONE part whose element has a simple type: zeep
+    takes and returns that value itself, not a structure of named elements, so by-name
+    matching has nothing to match. Several parts, or one complex-typed part, are fine."""
+    from zeep.xsd.types import ComplexType
+
+    for side in ("input", "output"):
+        body: Any = getattr(getattr(op, side, None), "body", None)
+        typ = getattr(body, "type", None)
+        if typ is not None and not isinstance(typ, ComplexType):
+            return (f"its {side} is one element of a simple type "
+                    f"({body.qname.localname}: xsd:{typ.qname.localname})")
+    return ""
+
+
+def _is_any(el: Any) -> bool:
+    from zeep.xsd.elements import Any as AnyElement
+
+    return isinstance(el, AnyElement)
+
+
+def _choices(typ: Any, where: str, warnings: list[str]) -> dict[str, str]:
+    """Element name → the oneof it belongs to, for each xsd:choice between single elements
+    (zeep flattens a choice's elements into optional ones). A choice that may repeat or that
+    holds sequences, groups or xsd:any cannot be a oneof: its elements stay optional fields,
+    and a warning says that which combination is valid is left to the service."""
+    from zeep.xsd.elements.element import Element
+    from zeep.xsd.elements.indicators import Choice
+
+    out: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        for child in node if isinstance(node, list) else ():
+            item = child[1] if isinstance(child, tuple) else child
+            if isinstance(item, Choice) and item.max_occurs == 1:  # else: not flattened
+                members = list(item)
+                names: list[str] = [m.name for m in members if type(m) is Element and m.name]
+                if names and len(names) == len(members) and all(m.max_occurs == 1
+                                                                for m in members):
+                    group = ident("_or_".join(snake(n) for n in names))
+                    out.update((n, group) for n in names)
+                else:
+                    warnings.append(f"{where}: choice of {_members(item)} is not expressed as a "
+                                    f"oneof: its elements are fields of their own (and zeep may "
+                                    f"refuse a reply that takes the branch without a sequence)")
+            elif isinstance(item, list):
+                walk(item)
+
+    walk(list(getattr(typ, "elements_nested", ())))
+    return out
+
+
+def _members(indicator: Any) -> str:
+    """`a | (b, c) | any` for a choice, as a warning shows it."""
+    parts = []
+    for m in indicator:
+        name = getattr(m, "name", None)
+        if _is_any(m):
+            parts.append("xsd:any")
+        elif name is not None and not isinstance(m, list):
+            parts.append(name)
+        else:
+            parts.append("(" + ", ".join(getattr(x, "name", None) or "..." for x in m) + ")")
+    return " | ".join(parts)
 
 
 def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
@@ -206,6 +291,11 @@ def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
         rpc = pascal(opname)
         in_type = getattr(getattr(op.input, "body", None), "type", None)
         out_type, _ = reply_wrapper(op)
+        lone = _lone_simple(op)
+        if lone:
+            result.warnings.append(f"{opname}: {lone}, which the soap backend cannot map yet; "
+                                   f"operation skipped")
+            continue
         req = (b.message(f"{rpc}Request", in_type, opname, exact=True) if in_type is not None
                else _empty(b, b.unique(f"{rpc}Request")))
         rep = (b.message(f"{rpc}Reply", out_type, opname, exact=True) if out_type is not None

@@ -6,7 +6,9 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tests.test_soap_fixture import Crm, start_crm
 
 CRM_WSDL = ROOT / "legacy_fixtures" / "crm" / "crm.wsdl"
 ORDERS_WSDL = ROOT / "tests" / "wsdl" / "orders" / "orders.wsdl"
+PRICING_WSDL = ROOT / "tests" / "wsdl" / "pricing" / "pricing.wsdl"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -238,3 +241,178 @@ def test_check_reports_soap_problems_where_they_are(tmp_path: Path) -> None:
     assert "methods.GetCustomerById.faults[0].match.code: regular expression" in text
     assert "reply path 'a.b': no element 'a'" in text
     assert len(errs) == 4, errs
+
+
+def test_what_a_proto_cannot_express_is_reported_per_element_and_the_rest_works(
+        tmp_path: Path) -> None:
+    out = tmp_path / "ship"
+    res = cli("import-wsdl", str(ROOT / "tests" / "wsdl" / "partial" / "partial.wsdl"),
+              "--package", "ship.v1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert sorted(warnings) == sorted([
+        "warning: CreateShipment.weight: attribute 'unit' is not expressed; skipped",
+        "warning: CreateShipment.tracking: attribute 'href' is not expressed; skipped",
+        "warning: CreateShipment.extensions: xsd:any (elements of any name) is not expressed; "
+        "skipped",
+        "warning: CreateShipment: choice of (courier, vehicle) | locker is not expressed as a "
+        "oneof: its elements are fields of their own (and zeep may refuse a reply that takes "
+        "the branch without a sequence)",
+        "warning: Track: a repeated choice of scan | delay is not expressed; skipped",
+    ]), res.stderr
+    proto = next((out / "protos").glob("*.proto")).read_text()
+    # a choice between single elements is a oneof; the rest of each message is written
+    assert ("  oneof pickup_point_or_street_address {\n    string pickupPoint = 2;\n"
+            "    string streetAddress = 3;\n  }\n  Weight weight = 4;\n}" in proto), proto
+    assert "message Weight {\n  string value = 1;\n}" in proto
+    assert "message Extensions {\n  string carrier = 1;\n}" in proto
+    assert "message TrackReply {\n  int64 shipmentId = 1;\n  string state = 2;\n}" in proto
+    assert "_value_1" not in proto
+    # the rest works: examples run offline by `check` through zeep's writer and reader
+    mapping = next((out / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    reply = ('<CreateShipmentResponse xmlns="urn:example:shipment"><shipmentId>{id}</shipmentId>'
+             '<tracking href="https://t.example/{id}"><label>follow</label></tracking>{how}'
+             '<extensions><carrier>DHL</carrier><x:eta xmlns:x="urn:other">2d</x:eta></extensions>'
+             '</CreateShipmentResponse>')
+    m["methods"]["CreateShipment"] = {"examples": [
+        {"request": {"reference": "r1", "pickupPoint": "P-7"},
+         "reply": reply.format(id=7, how="<courier>Bo</courier><vehicle>bike</vehicle>"),
+         "expect": {"shipmentId": 7, "tracking": {"label": "follow"}, "courier": "Bo",
+                    "vehicle": "bike", "extensions": {"carrier": "DHL"}}},
+        {"request": {"reference": "r2", "streetAddress": "1 Main St", "weight": {"value": "2.5"}},
+         "reply": reply.format(id=8, how="<courier>Ann</courier><vehicle>van</vehicle>"),
+         "expect": {"shipmentId": 8, "tracking": {"label": "follow"}, "courier": "Ann",
+                    "vehicle": "van", "extensions": {"carrier": "DHL"}}},
+        {"request": {"reference": "r3"},  # zeep's limit, as the warning says
+         "reply": reply.format(id=9, how="<locker>L-3</locker>"),
+         "expect": {"error": "UNKNOWN", "message": "Unexpected element .*locker"}},
+        {"request": {"reference": "r4"}, "reply": reply.format(id=9, how="<courier>C</courier>"
+                                                                       "<vehicle>car</vehicle>"),
+         "expect": {"shipmentId": 10}},  # must fail: proves the examples run
+    ]}
+    m["methods"]["Track"] = {"examples": [
+        {"request": {"shipmentId": 7},
+         "reply": '<TrackResponse xmlns="urn:example:shipment"><shipmentId>7</shipmentId>'
+                  '<state>moving</state><scan>AMS</scan><delay>fog</delay><scan>LHR</scan>'
+                  '</TrackResponse>',
+         "expect": {"shipmentId": 7, "state": "moving"}}]}
+    mapping.write_text(yaml.safe_dump(m, sort_keys=False))
+    errs = errors_of(out / "adaptercar.yaml")
+    assert len(errs) == 1 and "examples[3]: example failed: shipmentId: expected 10, got 9" \
+        in errs[0], errs
+
+
+def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> None:
+    """Bare: the parts are the body's elements. Several simple-typed parts make one message of
+    their elements (GetPrice, both ways); one complex-typed part is that element's content
+    (CheckStock, named unlike the operation); one simple-typed part cannot be mapped yet (Echo):
+    said, and the rest written."""
+    out = tmp_path / "pricing"
+    res = cli("import-wsdl", str(PRICING_WSDL), "--package", "pricing.v1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == [
+        "warning: Echo: its input is one element of a simple type (echo: xsd:string), which the "
+        "soap backend cannot map yet; operation skipped"]
+    proto = next((out / "protos").glob("*.proto")).read_text()
+    assert "rpc Echo" not in proto and "Echo" not in proto
+    assert "message GetPriceRequest {\n  string sku = 1;\n  int32 quantity = 2;\n}" in proto
+    assert "message GetPriceReply {\n  string unitPrice = 1;\n  string currency = 2;\n}" in proto
+    assert "message CheckStockRequest {\n  string sku = 1;\n  optional string warehouse = 2;\n}" \
+        in proto
+    assert "message CheckStockReply {\n  string sku = 1;\n  int64 onHand = 2;\n" \
+        "  repeated string warehouse = 3;\n}" in proto
+    # real calls through zeep's offline path: the request written, the reply read
+    mapping = next((out / "mappings").glob("*.yaml"))
+    m = yaml.safe_load(mapping.read_text())
+    ns = 'xmlns="urn:example:pricing"'
+    envelope = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>{}'
+                '</e:Body></e:Envelope>')
+    m["methods"]["GetPrice"] = {"examples": [
+        {"request": {"sku": "A-1", "quantity": 3},
+         "reply": envelope.format(f'<unitPrice {ns}>12.50</unitPrice><currency {ns}>EUR</currency>'),
+         "expect": {"unitPrice": "12.50", "currency": "EUR"}},
+        {"request": {"sku": "A-1", "quantity": 3},
+         "reply": envelope.format(f'<unitPrice {ns}>1</unitPrice><currency {ns}>EUR</currency>'),
+         "expect": {"unitPrice": "2", "currency": "EUR"}},  # must fail: proves they run
+        {"request": {"quantity": 3}, "expect": {"error": "INVALID_ARGUMENT",
+                                                "message": "sku is required"}},
+    ]}
+    m["methods"]["CheckStock"] = {"examples": [
+        {"request": {"sku": "A-1", "warehouse": "AMS"},
+         "reply": f'<StockLevel {ns}><sku>A-1</sku><onHand>40000000000</onHand>'
+                  '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
+         "expect": {"sku": "A-1", "onHand": 40000000000, "warehouse": ["AMS", "LHR"]}}]}
+    mapping.write_text(yaml.safe_dump(m, sort_keys=False))
+    errs = errors_of(out / "adaptercar.yaml")
+    assert len(errs) == 1 and "GetPrice.examples[1]: example failed: unitPrice: expected '2', " \
+        "got '1'" in errs[0], errs
+
+
+_PRICING_REPLIES = {
+    "sku": '<p:unitPrice xmlns:p="urn:example:pricing">12.50</p:unitPrice>'
+           '<p:currency xmlns:p="urn:example:pricing">EUR</p:currency>',
+    "StockQuery": '<StockLevel xmlns="urn:example:pricing"><sku>A-1</sku><onHand>7</onHand>'
+                  '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
+}
+
+
+class _Pricing(BaseHTTPRequestHandler):
+    """A bare service in a few lines: answers by the first element of the Body, and keeps
+    what it was sent."""
+
+    seen: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).seen.append(body)
+        first = re.search(rb"<soap-env:Body><(?:\w+:)?(\w+)", body)
+        payload = _PRICING_REPLIES[first.group(1).decode()] if first else ""
+        out = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+               f"{payload}</e:Body></e:Envelope>").encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/xml; charset=utf-8")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_document_literal_bare_end_to_end(tmp_path: Path, sidecars: Any) -> None:
+    out = tmp_path / "pricing"
+    config = imported(PRICING_WSDL, out, package="pricing.v1")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pricing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = yaml.safe_load(config.read_text())
+        for role in ("grpc", "http", "admin"):
+            cfg[role] = {}
+        cfg["protos"] = [str(out / "protos")]
+        cfg["mappings"] = [str(out / "mappings")]
+        soap = cfg["backends"]["pricing_service"]["soap"]
+        soap["wsdl"] = str(out / soap["wsdl"])
+        url = f"http://127.0.0.1:{server.server_address[1]}/pricing"
+        sc = sidecars(cfg, single_process=True, env={"PRICING_SERVICE_URL": url})
+        status, body, _ = sc.http("POST", "/v1/pricing-service/GetPrice",
+                                  body={"sku": "A-1", "quantity": 3})
+        assert status == 200 and body == {"unitPrice": "12.50", "currency": "EUR"}, body
+        # bare: the parts are the Body's children, no wrapper named after the operation
+        assert re.search(rb"<soap-env:Body><(\w+:)?sku[ >].*A-1</(\w+:)?sku><(\w+:)?quantity"
+                         rb"[ >].*3</(\w+:)?quantity></soap-env:Body>", _Pricing.seen[-1]), \
+            _Pricing.seen[-1]
+        ps = compile_protos([out / "protos"])
+        md = ps.services()["pricing.v1.PricingService"].methods_by_name["CheckStock"]
+        req_cls: Any = ps.message_class(md.input_type)
+        resp_cls: Any = ps.message_class(md.output_type)
+        with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+            stub = ch.unary_unary("/pricing.v1.PricingService/CheckStock",
+                                  request_serializer=req_cls.SerializeToString,
+                                  response_deserializer=resp_cls.FromString)
+            got = stub(req_cls(sku="A-1"), timeout=10)
+        assert (got.sku, got.onHand, list(got.warehouse)) == ("A-1", 7, ["AMS", "LHR"])
+        assert re.search(rb"<soap-env:Body><(\w+:)?StockQuery[ >]", _Pricing.seen[-1])
+    finally:
+        server.shutdown()
+        server.server_close()

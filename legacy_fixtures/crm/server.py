@@ -8,6 +8,9 @@ authentication (401 and an HTML page without it, as a web server in front would 
 `--drop-idle S` resets a keep-alive connection that is reused after S idle seconds, without a
 reply, as a server with an idle timeout does when its close crosses the client's next request.
 
+`--soap-version 1.1|1.2` makes it speak one version only, as many services do: a request in
+the other gets a VersionMismatch fault.
+
 `--test-hooks` adds customer ids that misbehave on purpose, for the sidecar's tests:
 7777 answers after `--slow` seconds (without blocking other requests), 6666 answers with an
 XXE payload (a DOCTYPE whose entity names /etc/passwd).
@@ -193,7 +196,8 @@ def fault(ns: str, f: SoapFault) -> bytes:
     else:
         code = etree.SubElement(el, f"{{{ns}}}Code")
         etree.SubElement(code, f"{{{ns}}}Value").text = (
-            "soap:Sender" if f.code == "Client" else "soap:Receiver")
+            "soap:Sender" if f.code == "Client" else
+            "soap:Receiver" if f.code == "Server" else f"soap:{f.code}")
         if f.subcode:
             sub = etree.SubElement(code, f"{{{ns}}}Subcode")
             etree.SubElement(sub, f"{{{ns}}}Value").text = f.subcode
@@ -247,6 +251,9 @@ class Crm(resource.Resource):
         body = doc.find(f"{{{ns}}}Body")
         payload = None if body is None or len(body) == 0 else body[0]
         try:
+            only = self.options.soap_version
+            if only is not None and ns != (SOAP11 if only == "1.1" else SOAP12):
+                raise SoapFault("VersionMismatch", f"this endpoint speaks SOAP {only} only")
             if self.options.wsse:
                 user, _, password = self.options.wsse.partition(":")
                 check_wsse(doc.find(f"{{{ns}}}Header"), user, password)
@@ -304,6 +311,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="reset a keep-alive connection reused after this much idle time")
     p.add_argument("--test-hooks", action="store_true", help="ids 6666 (XXE) and 7777 (slow)")
     p.add_argument("--slow", type=float, default=5.0, help="seconds id 7777 takes")
+    p.add_argument("--soap-version", choices=("1.1", "1.2"),
+                   help="speak only this SOAP version: the other gets a VersionMismatch fault")
     return p.parse_args(argv)
 
 
