@@ -115,6 +115,28 @@ class ExpectReader:
         return text
 
 
+def advance_handshake(steps: deque[tuple[str, Any]], decoder: Decoder,
+                      write: Callable[[bytes], None]) -> bool:
+    """Runs banner/on_connect steps as far as the bytes received allow: True once all are
+    done. The same for TCP connections and child processes; a failed step raises CallError."""
+    while steps:
+        kind, arg = steps[0]
+        if kind == "send":
+            steps.popleft()
+            write(arg)
+            continue
+        try:
+            text = arg.pump(decoder)
+        except FramingError as e:
+            # Most often the framing configured does not match the server's.
+            raise CallError(Code.UNAVAILABLE, f"{arg.what}: framing error (is 'framing' right?): {e}",
+                            reusable=False) from e
+        if text is None:
+            return False
+        steps.popleft()
+    return True
+
+
 _NEVER = float("inf")
 
 #: How a call's outcome reaches its caller without a Deferred: (result, None) or (None, error).
@@ -165,23 +187,12 @@ class Call:
         return self.done or (d is not None and d.called)
 
     def finish(self, result: Any) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
-        if self.done:
-            return
-        self.done = True
-        if self.on_done is not None:
-            try:
-                self.on_done(result, None)
-            except Exception as e:  # noqa: BLE001 - the caller's bug must not break the connection
-                log.error("internal_error", where="call completion", error=repr(e))
-        d = self._deferred
-        if d is not None and not d.called:
-            d.callback(result)
+        self._complete(result, None)
 
     def fail(self, err: BaseException) -> None:
+        self._complete(None, err)
+
+    def _complete(self, result: Any, err: BaseException | None) -> None:
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()
@@ -191,12 +202,15 @@ class Call:
         self.done = True
         if self.on_done is not None:
             try:
-                self.on_done(None, err)
+                self.on_done(result, err)
             except Exception as e:  # noqa: BLE001 - the caller's bug must not break the connection
                 log.error("internal_error", where="call completion", error=repr(e))
         d = self._deferred
         if d is not None and not d.called:
-            d.errback(Failure(err))
+            if err is None:
+                d.callback(result)
+            else:
+                d.errback(Failure(err))
 
     def cancel(self) -> None:
         """The caller gave up (a gRPC client cancelled, say). The call fails with
@@ -312,24 +326,12 @@ class LegacyConnection(TxProtocol):
 
     # -- handshake -------------------------------------------------------------------------
     def _advance_handshake(self) -> None:
-        while self.handshake:
-            kind, arg = self.handshake[0]
-            if kind == "send":
-                self.handshake.popleft()
-                self._t().write(arg)
-                continue
-            try:
-                text = arg.pump(self.decoder)
-            except CallError as e:
-                self._handshake_failed(e.message)
+        try:
+            if not advance_handshake(self.handshake, self.decoder, self._t().write):
                 return
-            except FramingError as e:
-                # Most often the framing configured does not match the server's.
-                self._handshake_failed(f"{arg.what}: framing error (is 'framing' right?): {e}")
-                return
-            if text is None:
-                return
-            self.handshake.popleft()
+        except CallError as e:
+            self._handshake_failed(e.message)
+            return
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         if self.decoder.pending():

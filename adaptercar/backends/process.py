@@ -27,7 +27,7 @@ from ..companion.tail import LogEmitter
 from ..logs import log
 from ..mapping.errors import CallError, Code, quote_raw
 from ..mapping.framing import Decoder, Framing, FramingError
-from .line import Call, ExpectReader, Reader
+from .line import Call, ExpectReader, Reader, advance_handshake
 
 STDERR_TAIL = 20
 MAX_STDERR_LINE = 8192
@@ -274,21 +274,13 @@ class Child(protocol.ProcessProtocol):
             call.fail(err)
 
     def _advance_handshake(self) -> None:
-        while self.handshake:
-            kind, arg = self.handshake[0]
-            if kind == "send":
-                self.handshake.popleft()
-                self._t().write(arg)
-                continue
-            try:
-                text = arg.pump(self.decoder)
-            except CallError as e:
-                self.start_failed = True
-                self.kill(f"start-up handshake failed: {e.message}")
+        try:
+            if not advance_handshake(self.handshake, self.decoder, self._t().write):
                 return
-            if text is None:
-                return
-            self.handshake.popleft()
+        except CallError as e:
+            self.start_failed = True
+            self.kill(f"start-up handshake failed: {e.message}")
+            return
         if self.handshake_timer is not None and self.handshake_timer.active():
             self.handshake_timer.cancel()
         self.handshake_timer = None
