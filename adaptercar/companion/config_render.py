@@ -67,6 +67,42 @@ def render(template_path: str, values: Mapping[str, str], environ: Mapping[str, 
         raise RenderError(f"template {template_path}: {e}") from None
 
 
+class _AnyKey(frozenset[str]):
+    """Every plain name counts as a value key, so `check` compiles a template without values."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def check_template(template_path: str, folders: tuple[str, ...],
+                   environ: Mapping[str, str]) -> str | None:
+    """What `adaptercar check` says about one entry's template (None: fine). It must compile;
+    when every values folder exists, each key it uses must be in one of them, or no render
+    would succeed until that file appears. A missing template is reported by the config checks."""
+    try:
+        with open(template_path, encoding="utf-8") as f:
+            source = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot read the template: {e}"
+    scope = Scope(request=None, groups=_AnyKey(), env=environ, allow_meta=False, allow_claims=False)
+    try:
+        used = compile_template(source, scope).groups_used
+    except TemplateError as e:
+        return f"the template does not compile: {e}"
+    if not all(os.path.isdir(folder) for folder in folders):
+        return None  # a missing folder is noted at its own key
+    keys = {name for folder in folders for name in os.listdir(folder)
+            if not name.startswith(".") and os.path.isfile(os.path.join(folder, name))}
+    missing = sorted(used - keys)
+    if missing:
+        known = ", ".join(sorted(keys)) or "none"
+        return (f"{{{missing[0]}}}: no value file {missing[0]!r} in the values folders "
+                f"(keys: {known})")
+    return None
+
+
 def write_atomically(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
