@@ -74,3 +74,42 @@ def test_old_children_serve_until_the_new_ones_pass_their_banner(
     seen = [p for _, p in prices]
     assert seen[0] == 1250 and seen[-1] == 2000, seen
     assert 1250 not in seen[seen.index(2000):], seen  # once new, never old again
+
+
+PICKY_PROGRAM = """\
+import sys
+price = int(open(sys.argv[1]).read().split()[1])
+print("RATEQUOTE READY" if price < 5000 else "RATEQUOTE CANNOT START", flush=True)
+for line in sys.stdin:
+    print(f"OK {price:012d}{price:014d}EUREU  ", flush=True)
+"""
+
+
+def test_when_the_new_children_fail_their_banner_the_old_one_keeps_answering(
+        sidecars: Any, tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    cfg["backends"]["ratequote"]["process"].update(
+        command=[sys.executable, "-c", PICKY_PROGRAM, str(tmp_path / "rates.txt")],
+        pool={"size": 1}, timeout="5s", banner="^RATEQUOTE READY$",
+        restart={"base": "100ms", "max": "1s"})
+    sc: Sidecar = sidecars(cfg, single_process=True)
+    assert _price(sc) == (200, 1250)
+    [old] = _children(sc)
+    _set(tmp_path / "values", "widget", "9000")  # a config the program refuses to start with
+    failed = lambda: sum(r.get("event") == "backend_child_start_failed"  # noqa: E731
+                         for r in sc.log_records())
+    _until(lambda: failed() >= 3, what="the new children failing their banner")
+    before = failed()
+    calls_until = time.monotonic() + 2
+    while time.monotonic() < calls_until:  # calls keep being answered by the old child, and
+        assert _price(sc) == (200, 1250)  # do not reset the new ones' backoff (no spawn loop)
+    # the backoff goes on growing (0.4 s, 0.8 s, 1 s: 2 or 3 starts in 2 s); were it reset by
+    # each answer of the old child, a start would follow every 0.1 s (about 10 in 2 s)
+    assert failed() - before <= 5, failed() - before
+    assert old in _children(sc)
+    status, body = sc.admin("/readyz")  # the backend still serves: the sidecar stays ready
+    assert status == 200 and body["workers"]["single"]["backends"]["ratequote"]["ready"], body
+    _set(tmp_path / "values", "widget", "3000")  # fixed: the next restart replaces the old child
+    _until(lambda: _price(sc) == (200, 3000), what="the fixed config served")
+    _until(lambda: old not in _children(sc), what="the old child ended")
+    _until(lambda: sc.admin("/readyz")[0] == 200, what="ready again")

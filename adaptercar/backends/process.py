@@ -410,7 +410,9 @@ class ProcessPool:
     def ready(self) -> bool:
         if self.spec.mode == "per-call":
             return self.spawn_ok is not False
-        return any(c.ready and not c.killing for c in self.children) and self.failures < CRASH_LOOP
+        # After a restart whose new children fail to start, the old ones still serve: ready.
+        return any(c.ready and not c.killing and (self.failures < CRASH_LOOP or c.retiring)
+                   for c in self.children)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -622,14 +624,19 @@ class ProcessPool:
             child.kill("call timed out; the program is hung or slow")
 
     def record(self, call: Call, err: CallError | None) -> None:
+        # an answer proves the program works, unless an old child gave it while the restarted
+        # ones fail to start: their backoff must not be reset by every call the old one serves
+        works = call.conn is None or not call.conn.retiring
         if err is None:
             outcome = "ok"
-            self.failures = 0
+            if works:
+                self.failures = 0
         elif err.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED):
             outcome = err.code.name.lower()
         elif err.reusable:
             outcome = "legacy_error"
-            self.failures = 0  # an error the program answered: it works
+            if works:
+                self.failures = 0  # an error the program answered: it works
         else:
             outcome = "protocol_error"
         metrics.recorder.backend_call(self.spec.name, outcome, time.monotonic() - call.started)
