@@ -622,6 +622,7 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
                 _run_examples(mc, mpath, op, m, bspec.mode if isinstance(bspec, ProcessSpec) else None)
             loaded.ops[full] = replace(op, auth=m.auth or mp.auth or "")
             loaded.service_backends.setdefault(mp.service, set()).add(backend)
+    _companion_templates(cfg, top, env)
     # One reading order for every problem, whichever stage found it: the config file first,
     # then the mapping files as loaded, each from top to bottom.
     order = {res.source.file: 0}
@@ -635,6 +636,18 @@ def load_all(config_path: str | os.PathLike[str], environ: Mapping[str, str] | N
             if f"/{sname}/{md.name}" not in mapped:
                 top.note(("protos",), f"{sname}.{md.name} is not mapped by any mapping file, so it is not served")
     return loaded
+
+
+def _companion_templates(cfg: Any, c: _Collector, env: Mapping[str, str]) -> None:
+    """`companion.config` templates compile now, with this environment, or `check` says so."""
+    if cfg.companion is None:
+        return
+    from .companion.config_render import check_template
+
+    for index, entry in enumerate(cfg.companion.config):
+        problem = check_template(str(entry.template), tuple(str(v) for v in entry.values), env)
+        if problem is not None:
+            c.error(("companion", "config", index, "template"), problem)
 
 
 # --- TLS -------------------------------------------------------------------------------------

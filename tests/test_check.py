@@ -49,8 +49,9 @@ def note(method: str) -> str:
 
 # --- passing configs -------------------------------------------------------------------------
 
-def test_the_demo_config_passes() -> None:
-    r = check(DEMO, ROOT, LEDGER_USER="demo", LEDGER_PASS="demo")
+def test_the_demo_config_passes(tmp_path: Path) -> None:
+    (tmp_path / "values").mkdir()  # `adaptercar demo` makes its DEMO_DIR so; else two notes
+    r = check(DEMO, ROOT, LEDGER_USER="demo", LEDGER_PASS="demo", DEMO_DIR=str(tmp_path))
     assert r.code == 0, r.text
     assert r.err == []
     assert r.out == ["examples/demo/adaptercar.yaml: OK (10 methods mapped, 3 backends)"]

@@ -94,7 +94,7 @@ def test_symlink_swaps_rewrite_atomically_and_signal_once_per_real_change(tmp_pa
     out = tmp_path / "app.conf"
     out.write_text("old\n")
     os.chmod(out, 0o640)
-    r = ConfigRenderer(entry, environ={"HOME_X": "/srv"})
+    r = ConfigRenderer(entry, settle=0, environ={"HOME_X": "/srv"})
     assert r.poll() is True
     assert out.read_text() == f"port=7000\nname={'alpha' * 200}\nhome=/srv\n"
     assert out.stat().st_mode & 0o777 == 0o640  # mode kept
@@ -136,7 +136,7 @@ def test_a_missing_value_or_bad_template_keeps_the_old_file(tmp_path: Path) -> N
     cm = ConfigMap(tmp_path / "values")
     cm.set({"port": "7000"})
     entry = _entry(tmp_path, "port={port}\n")
-    r = ConfigRenderer(entry, environ={})
+    r = ConfigRenderer(entry, settle=0, environ={})
     assert r.poll() is True
     (tmp_path / "app.conf.tpl").write_text("port={port}\nhost={host}\n")  # host has no value
     assert r.poll() is False
@@ -156,7 +156,7 @@ def test_a_failing_on_change_is_retried_on_the_next_change(tmp_path: Path, hup_p
     cm.set({"v": "1"})
     missing = tmp_path / "not-yet.pid"
     entry = _entry(tmp_path, "v={v}\n", SimpleNamespace(signal=1, pidfile=missing, restart=None, command=None))
-    r = ConfigRenderer(entry, environ={})
+    r = ConfigRenderer(entry, settle=0, environ={})
     assert r.poll() is True  # written; the signal fails (no pidfile) and is only logged
     os.replace(hup_process.pidfile, missing)
     cm.set({"v": "2"})
@@ -171,6 +171,70 @@ def test_on_change_command_runs_with_argv_and_no_shell(tmp_path: Path) -> None:
     entry = _entry(tmp_path, "v={v}\n", SimpleNamespace(signal=None, pidfile=None, restart=None,
                                                         command=("touch", str(marker))))
     done = threading.Event()
-    r = ConfigRenderer(entry, environ={}, in_thread=lambda fn, *a: (fn(*a), done.set()))
+    r = ConfigRenderer(entry, settle=0, environ={}, in_thread=lambda fn, *a: (fn(*a), done.set()))
     assert r.poll() is True
     assert done.is_set() and marker.exists()
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make the file's last change `seconds` ago (negative: in the future, a skewed clock)."""
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def test_a_value_rewritten_in_place_is_read_only_once_it_has_settled(tmp_path: Path) -> None:
+    (tmp_path / "values").mkdir()
+    value = tmp_path / "values" / "limit"
+    value.write_text("10\n")
+    entry = _entry(tmp_path, "limit={limit}\n")
+    _age(value, 10)
+    _age(tmp_path / "app.conf.tpl", 10)
+    r = ConfigRenderer(entry, environ={})  # the sidecar's default settle time
+    assert r.poll() is True and (tmp_path / "app.conf").read_text() == "limit=10\n"
+    with open(value, "w") as f:  # as `echo 2000 > limit` does it: truncate, then write
+        assert r.poll() is False  # empty right now: not rendered
+        f.write("2")
+        f.flush()
+        assert r.poll() is False  # half-written: not rendered
+        f.write("000\n")
+    assert r.poll() is False  # complete, but nothing says the writer is done yet
+    assert (tmp_path / "app.conf").read_text() == "limit=10\n"
+    assert r.last_error is None and r.errors == 0  # waiting is not an error
+    _age(value, 1)
+    assert r.poll() is True and (tmp_path / "app.conf").read_text() == "limit=2000\n"
+    # a file from a clock ahead of ours is read at once, not waited for forever
+    value.write_text("3000\n")
+    _age(value, -3600)
+    assert r.poll() is True and (tmp_path / "app.conf").read_text() == "limit=3000\n"
+    # a template edited in place waits the same way
+    (tmp_path / "app.conf.tpl").write_text("limit = {limit}\n")
+    assert r.poll() is False
+    _age(tmp_path / "app.conf.tpl", 1)
+    assert r.poll() is True and (tmp_path / "app.conf").read_text() == "limit = 3000\n"
+
+
+def test_a_settled_value_file_written_in_place_is_rendered_by_a_polling_loop(tmp_path: Path) -> None:
+    """Real time, no faked mtimes: a slow in-place writer never gets its half value rendered."""
+    (tmp_path / "values").mkdir()
+    value = tmp_path / "values" / "name"
+    value.write_text("old\n")
+    entry = _entry(tmp_path, "name={name}\n")
+    _age(value, 10)
+    _age(tmp_path / "app.conf.tpl", 10)
+    r = ConfigRenderer(entry, environ={})
+    assert r.poll() is True
+    rendered: list[str] = []
+    with open(value, "w") as f:
+        for part in ("n", "e", "w", "-value\n"):
+            f.write(part)
+            f.flush()
+            for _ in range(3):
+                if r.poll():
+                    rendered.append((tmp_path / "app.conf").read_text())
+                time.sleep(0.02)
+    end = time.monotonic() + 10
+    while not rendered and time.monotonic() < end:
+        if r.poll():
+            rendered.append((tmp_path / "app.conf").read_text())
+        time.sleep(0.1)
+    assert rendered == ["name=new-value\n"]

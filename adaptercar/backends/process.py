@@ -338,6 +338,7 @@ class ProcessPool:
         self.respawn_call: Any = None
         self.stopping = False
         self.spawn_ok: bool | None = None
+        self.retired_alive = False  # old children serve on after a restart until a new one is ready
         self._enders: dict[int, list[defer.Deferred[None]]] = {}
         self.stderr_log = LogEmitter(spec.name, None, {"source": spec.name, "backend": spec.name,
                                                        "stream": "stderr"}, encoding=spec.encoding)
@@ -365,9 +366,12 @@ class ProcessPool:
         return defer.DeferredList(ends).addCallback(lambda _: None)  # type: ignore[arg-type]
 
     def restart(self) -> None:
-        """New children for new calls (`on_change: {restart: BACKEND}`): the replacements start
-        now, an idle child is ended now, a busy one once its call is answered. Per-call mode
-        starts the program for every call anyway: nothing to do."""
+        """New children for new calls (`on_change: {restart: BACKEND}`). The replacements start
+        now; the old children keep taking calls until the first replacement has passed its
+        banner/on_connect handshake (so the backend never goes unready in between), then an
+        idle old child is ended at once and a busy one once its call is answered. An old child
+        still in its own handshake is ended at once: it would start with the superseded config.
+        Per-call mode starts the program for every call anyway: nothing to do."""
         if self.stopping or self.spec.mode == "per-call":
             return
         old = [c for c in self.children if not c.dead and not c.killing and not c.retiring]
@@ -377,20 +381,30 @@ class ProcessPool:
             self.respawn_call.cancel()
         for child in old:
             child.retiring = True
-            if child in self.idle:
-                self.idle.remove(child)
+        self.retired_alive = bool(old)
         for _ in range(self.spec.pool_size):
             self._spawn()
         for child in old:
-            if child.call is None:
+            if not child.ready:
                 child.kill("restart requested")
         self._gauge()
+
+    def _end_retired(self) -> None:
+        """A replacement is ready: old idle children go now, busy ones after their call."""
+        self.retired_alive = False
+        for child in list(self.children):
+            if child.retiring and child.call is None and not child.dead:
+                if child in self.idle:
+                    self.idle.remove(child)
+                child.kill("restart requested")
 
     @property
     def ready(self) -> bool:
         if self.spec.mode == "per-call":
             return self.spawn_ok is not False
-        return any(c.ready and not c.killing for c in self.children) and self.failures < CRASH_LOOP
+        # After a restart whose new children fail to start, the old ones still serve: ready.
+        return any(c.ready and not c.killing and (self.failures < CRASH_LOOP or c.retiring)
+                   for c in self.children)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -480,7 +494,7 @@ class ProcessPool:
     def _schedule_respawn(self) -> None:
         if self.stopping:
             return
-        missing = self.spec.pool_size - len([c for c in self.children if not c.dead])
+        missing = self.spec.pool_size - self._current()
         if missing <= 0:
             return
         delay = 0.0 if self.failures == 0 else min(
@@ -498,15 +512,18 @@ class ProcessPool:
 
     def _respawn(self) -> None:
         self.respawn_call = None
-        missing = self.spec.pool_size - len([c for c in self.children if not c.dead])
+        missing = self.spec.pool_size - self._current()
         for _ in range(max(0, missing)):
             self._spawn()
 
     def child_idle(self, child: Child) -> None:
         if child.retiring:
-            child.kill("restart requested")
-            self._gauge()
-            return
+            if any(c.ready and not c.retiring and not c.killing for c in self.children):
+                child.kill("restart requested")
+                self._gauge()
+                return
+        elif self.retired_alive:
+            self._end_retired()
         while self.waiting:
             call = self.waiting.popleft()
             if call.deferred.called:
@@ -551,7 +568,7 @@ class ProcessPool:
     def _dispatch(self, call: Call) -> bool:
         while self.idle:
             child = self.idle.popleft()
-            if child.dead or child.killing or child.retiring or child.call is not None:
+            if child.dead or child.killing or child.call is not None:
                 continue
             child.send(call)
             self._gauge()
@@ -568,6 +585,10 @@ class ProcessPool:
 
     def _live(self) -> int:
         return sum(1 for c in self.children if not c.dead)
+
+    def _current(self) -> int:
+        """Live children of the current generation (not retiring after a restart)."""
+        return sum(1 for c in self.children if not c.dead and not c.retiring)
 
     def _queue(self, call: Call) -> bool:
         if len(self.waiting) >= self.spec.max_waiting:
@@ -595,14 +616,19 @@ class ProcessPool:
             child.kill("call timed out; the program is hung or slow")
 
     def record(self, call: Call, err: CallError | None) -> None:
+        # an answer proves the program works, unless an old child gave it while the restarted
+        # ones fail to start: their backoff must not be reset by every call the old one serves
+        works = call.conn is None or not call.conn.retiring
         if err is None:
             outcome = "ok"
-            self.failures = 0
+            if works:
+                self.failures = 0
         elif err.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED):
             outcome = err.code.name.lower()
         elif err.reusable:
             outcome = "legacy_error"
-            self.failures = 0  # an error the program answered: it works
+            if works:
+                self.failures = 0  # an error the program answered: it works
         else:
             outcome = "protocol_error"
         metrics.recorder.backend_call(self.spec.name, outcome, time.monotonic() - call.started)

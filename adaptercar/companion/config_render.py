@@ -6,6 +6,10 @@ when the rendered text differs from what the file holds. Re-reading small files 
 simpler and more robust than watching them: a Kubernetes ConfigMap mount updates by swapping a
 `..data` symlink, which inotify on the key files never reports.
 
+A value or template file modified within the last `SETTLE` seconds is not read yet (the
+render waits for a later poll): a file rewritten in place is briefly empty or half-written,
+and rendering that would write, and signal, a broken config.
+
 The write is atomic for readers: a temp file in the output's folder, fsync, the old file's mode,
 rename over. A missing value or a template error keeps the old file, is logged and counted (`errors`).
 A failing `on_change` is logged; the next real change fires it again.
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,13 +30,32 @@ from ..logs import log
 from ..mapping.template import RenderContext, Scope, TemplateError, compile_template
 
 COMMAND_TIMEOUT = 30.0
+#: A value or template file modified less than this long ago may still be being written in
+#: place (`echo 40 > key` truncates, then writes): the render waits for a later poll.
+SETTLE = 0.5
 
 
 class RenderError(Exception):
     pass
 
 
-def read_values(folders: tuple[str, ...]) -> dict[str, str]:
+class Settling(Exception):
+    """A file was modified less than `settle` seconds ago: render on a later poll."""
+
+
+def _read_settled(path: str, settle: float) -> str:
+    """The file's text, unless it changed within `settle` seconds (its mtime is read after the
+    text, so a write that overlaps the read shows). An mtime in the future (a skewed network
+    filesystem's clock) counts as settled, or the file would never be read."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+        age = time.time() - os.fstat(f.fileno()).st_mtime
+    if 0 <= age < settle:
+        raise Settling(path)
+    return text
+
+
+def read_values(folders: tuple[str, ...], settle: float = SETTLE) -> dict[str, str]:
     """Keys from every folder, later folders winning; hidden names (`..data`, `..2024_…`) skipped."""
     values: dict[str, str] = {}
     for folder in folders:
@@ -46,18 +70,17 @@ def read_values(folders: tuple[str, ...]) -> dict[str, str]:
             if not os.path.isfile(path):
                 continue
             try:
-                with open(path, encoding="utf-8") as f:
-                    text = f.read()
+                text = _read_settled(path, settle)
             except (OSError, UnicodeDecodeError) as e:
                 raise RenderError(f"value file {path}: {e}") from None
             values[name] = text[:-1] if text.endswith("\n") else text
     return values
 
 
-def render(template_path: str, values: Mapping[str, str], environ: Mapping[str, str]) -> str:
+def render(template_path: str, values: Mapping[str, str], environ: Mapping[str, str],
+           settle: float = SETTLE) -> str:
     try:
-        with open(template_path, encoding="utf-8") as f:
-            source = f.read()
+        source = _read_settled(template_path, settle)
     except (OSError, UnicodeDecodeError) as e:
         raise RenderError(f"template {template_path}: {e}") from None
     scope = Scope(request=None, groups=frozenset(values), env=environ, allow_meta=False, allow_claims=False)
@@ -65,6 +88,42 @@ def render(template_path: str, values: Mapping[str, str], environ: Mapping[str, 
         return compile_template(source, scope).render(RenderContext(groups=values))
     except TemplateError as e:
         raise RenderError(f"template {template_path}: {e}") from None
+
+
+class _AnyKey(frozenset[str]):
+    """Every plain name counts as a value key, so `check` compiles a template without values."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def check_template(template_path: str, folders: tuple[str, ...],
+                   environ: Mapping[str, str]) -> str | None:
+    """What `adaptercar check` says about one entry's template (None: fine). It must compile;
+    when every values folder exists, each key it uses must be in one of them, or no render
+    would succeed until that file appears. A missing template is reported by the config checks."""
+    try:
+        with open(template_path, encoding="utf-8") as f:
+            source = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot read the template: {e}"
+    scope = Scope(request=None, groups=_AnyKey(), env=environ, allow_meta=False, allow_claims=False)
+    try:
+        used = compile_template(source, scope).groups_used
+    except TemplateError as e:
+        return f"the template does not compile: {e}"
+    if not all(os.path.isdir(folder) for folder in folders):
+        return None  # a missing folder is noted at its own key
+    keys = {name for folder in folders for name in os.listdir(folder)
+            if not name.startswith(".") and os.path.isfile(os.path.join(folder, name))}
+    missing = sorted(used - keys)
+    if missing:
+        known = ", ".join(sorted(keys)) or "none"
+        return (f"{{{missing[0]}}}: no value file {missing[0]!r} in the values folders "
+                f"(keys: {known})")
+    return None
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -107,7 +166,8 @@ class ConfigRenderer:
 
     def __init__(self, entry: Any, environ: Mapping[str, str] | None = None,
                  restart: Callable[[str], None] | None = None,
-                 in_thread: Callable[..., Any] | None = None) -> None:
+                 in_thread: Callable[..., Any] | None = None, settle: float = SETTLE) -> None:
+        self.settle = settle
         self.template = str(entry.template)
         self.values = tuple(str(v) for v in entry.values)
         self.output = str(entry.output)
@@ -122,7 +182,10 @@ class ConfigRenderer:
     def poll(self) -> bool:
         """True when the output was rewritten."""
         try:
-            text = render(self.template, read_values(self.values), self.environ)
+            text = render(self.template, read_values(self.values, self.settle), self.environ,
+                          self.settle)
+        except Settling:
+            return False  # a file is being written: the next poll renders what it holds then
         except RenderError as e:
             if str(e) != self.last_error:  # once per distinct problem, not once per poll
                 log.error("companion_config_failed", output=self.output, error=str(e))

@@ -293,9 +293,29 @@ def check_config(config: Config, source: SourceMap) -> list[Problem]:
         for index, item in enumerate(config.companion.config):
             report(("companion", "config", index, "template"),
                    _exists(item.template, folder=False))
+            for vindex, folder in enumerate(item.values):
+                where = ("companion", "config", index, "values", vindex)
+                if not folder.exists():  # the render retries every second: it may appear later
+                    problems.append(source.problem(where, f"no such folder: {display_path(folder)}"
+                                                   " (rendering fails until it exists)", "note"))
+                elif not folder.is_dir():
+                    report(where, f"not a folder: {display_path(folder)} (a values folder holds "
+                                  "one file per key)")
             if item.on_change is not None and item.on_change.restart is not None:
-                report(("companion", "config", index, "on_change", "restart"),
-                       _backend_problem(config, item.on_change.restart))
+                name = item.on_change.restart
+                where = ("companion", "config", index, "on_change", "restart")
+                report(where, _backend_problem(config, name))
+                target = config.backends.get(name)
+                if target is not None and target.soap is not None:
+                    report(where, f"{name!r} is a SOAP backend: it keeps no connections or "
+                                  "children to restart (expected a line or process backend)")
+        for index, log in enumerate(config.companion.logs):
+            folder = log.path.parent
+            if not folder.is_dir():  # the file may appear later; its folder usually exists
+                problems.append(source.problem(
+                    ("companion", "logs", index, "path"),
+                    f"no such folder: {display_path(folder)} (nothing is read until "
+                    f"{log.path.name} appears there)", "note"))
     return problems
 
 
