@@ -1,8 +1,9 @@
 """companion.config: values folders (ConfigMap-style symlink swaps) → an atomically written
-config file, and SIGHUP to a real process exactly once per real change."""
+config file, and SIGHUP to the demo's confwatch fixture exactly once per real change."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,20 +16,26 @@ from typing import Any
 import pytest
 
 from adaptercar.companion.config_render import ConfigRenderer
+from tests.harness import ROOT, env_with_root
 
-HUP_COUNTER = """\
-import os, signal, sys, time
-count = 0
-def hup(*_):
-    global count
-    count += 1
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(str(count))
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-signal.signal(signal.SIGHUP, hup)
-print("ready", flush=True)
-while True:
-    time.sleep(0.05)
+# A reader in its own process (no GIL shared with the writer), reading the file in a tight loop
+# until stdin closes; it reports every distinct content it saw and every error it met.
+READER = """\
+import json, sys, threading
+path = sys.argv[1]
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+seen, errors, reads = set(), [], 0
+while not done.is_set() or reads == 0:
+    try:
+        with open(path, encoding="utf-8") as f:
+            seen.add(f.read())
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    reads += 1
+    if reads == 1:
+        print("reading", flush=True)
+print(json.dumps({"seen": sorted(seen), "errors": errors[:10], "n_errors": len(errors), "reads": reads}))
 """
 
 
@@ -63,16 +70,20 @@ def _entry(tmp: Path, template: str, on_change: Any = None) -> Any:
 
 @pytest.fixture
 def hup_process(tmp_path: Path) -> Any:
-    counter = tmp_path / "hups"
-    proc = subprocess.Popen([sys.executable, "-c", HUP_COUNTER, str(counter)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    """The demo's confwatch fixture, reading `app.conf` (the output) at start and on each SIGHUP;
+    its status file says how many SIGHUPs it took and what it loaded."""
+    status = tmp_path / "confwatch.json"
     pidfile = tmp_path / "legacy.pid"
-    pidfile.write_text(f"{proc.pid}\n")
+    with (tmp_path / "confwatch.log").open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "legacy_fixtures.confwatch", "--config",
+                                 str(tmp_path / "app.conf"), "--pidfile", str(pidfile), "--status", str(status)],
+                                stdout=subprocess.PIPE, stderr=err, env=env_with_root(), cwd=ROOT)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"CONFWATCH READY")
 
-    def hups() -> int:
-        return int(counter.read_text()) if counter.exists() else 0
+    def state() -> dict[str, Any]:
+        return dict(json.loads(status.read_text()))
 
-    yield SimpleNamespace(pidfile=pidfile, hups=hups)
+    yield SimpleNamespace(pidfile=pidfile, hups=lambda: int(state()["hups"]), state=state)
     proc.kill()
     proc.wait()
 
@@ -102,33 +113,36 @@ def test_symlink_swaps_rewrite_atomically_and_signal_once_per_real_change(tmp_pa
     assert r.poll() is False  # nothing changed: no write, no signal
     _wait_hups(hup_process.hups, 1)
 
-    seen: set[str] = set()
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            seen.add(out.read_text())
-
-    t = threading.Thread(target=reader)
-    t.start()
-    wanted = set()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdin is not None and reader.stdout is not None
     try:
+        assert reader.stdout.readline() == "reading\n"
+        wanted = {f"port=7000\nname={'alpha' * 200}\nhome=/srv\n"}
         for i in range(20):
             name = ("beta" if i % 2 else "gamma") * 300
             cm.set({"port": str(7001 + i), "name": name})
             wanted.add(f"port={7001 + i}\nname={name}\nhome=/srv\n")
             assert r.poll() is True
-            # signals of one kind do not queue: wait for each before the next change
+            # signals of one kind do not queue: wait for each before the next change; the
+            # signal comes after the rename, so confwatch reloads and finds the new values
             end = time.monotonic() + 5
             while hup_process.hups() < i + 2 and time.monotonic() < end:
                 time.sleep(0.005)
+            assert hup_process.state()["values"]["port"] == str(7001 + i)
         cm.set({"port": "7020", "name": "beta" * 300})  # the same values again: no change
         assert r.poll() is False
     finally:
-        stop.set()
-        t.join()
-    assert seen <= wanted | {f"port=7000\nname={'alpha' * 200}\nhome=/srv\n"}  # never a partial file
+        report = json.loads(reader.communicate("", timeout=30)[0].splitlines()[-1])
+    assert report["errors"] == [], report  # never a missing or unreadable file
+    print("reader", report["reads"], "reads", len(report["seen"]), "versions")
+    seen = set(report["seen"])
+    assert seen <= wanted, sorted(seen - wanted)[:2]  # never a partial file
+    assert len(seen) > 1, report["reads"]  # and it did read while the file changed
     _wait_hups(hup_process.hups, 21)
+    state = hup_process.state()
+    assert state["error"] is None
+    assert state["values"] == {"port": "7020", "name": "beta" * 300, "home": "/srv"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adaptercar-")]  # no temp left
 
 
