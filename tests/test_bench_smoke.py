@@ -73,6 +73,7 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     for (scenario, subject), row in by.items():
         if scenario == "idle-memory":
             assert 5 < row["extra"]["pss_mib"] < 2000, row
+            assert 5 < row["extra"]["pss_alone_mib"] < 2000, row
             continue
         m = row["measure"]
         assert m["requests"] > 0 and m["errors"] == 0, (subject, m)
