@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from google.protobuf import json_format
@@ -25,7 +25,6 @@ from google.protobuf.descriptor import Descriptor
 from .admission import Gate
 from .backends.line import LinePool, LineSpec, ProbeSpec
 from .backends.process import ProcessPool, ProcessSpec, child_env
-from .backends.soap import SoapBackend, SoapSpec, WsdlBinding
 from .config.load import load_all as config_load_all
 from .config.problems import Problem
 from .config.yamlsource import SourceMap
@@ -40,9 +39,12 @@ from .mapping.operation import (
     run_offline,
 )
 from .mapping.reply import BodySpec, EachSpec, Limits, ReplySpec, Rule, SideRule
-from .mapping.soap_operation import SoapOperation
 from .mapping.template import Scope, Template, TemplateError, compile_template
 from .protos import ProtoError, ProtoSet, compile_protos, empty_protoset
+
+if TYPE_CHECKING:  # imported where used: lxml and the SOAP code cost every process ~7 MiB
+    from .backends.soap import SoapBackend, SoapSpec, WsdlBinding
+    from .mapping.soap_operation import SoapOperation
 
 Path_ = tuple[str | int, ...]
 
@@ -440,8 +442,6 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation | SoapOperation
     """`process_mode`: a process backend's mode, so `stderr`/`exit_status` examples are read
     as that backend reads them (None: a line backend, whose examples have neither). `soap`:
     the WSDL of a SOAP method's backend (its examples' `reply` is XML)."""
-    from .backends.soap import run_offline as run_soap_offline
-
     for i, ex in enumerate(m.examples):
         epath = (*mpath, "examples", i)
         if soap is not None and (ex.stderr is not None or ex.exit_status is not None):
@@ -460,7 +460,9 @@ def _run_examples(c: _Collector, mpath: Path_, op: LineOperation | SoapOperation
             continue
         expect = ex.expect
         try:
-            if isinstance(op, SoapOperation):
+            if not isinstance(op, LineOperation):
+                from .backends.soap import run_offline as run_soap_offline
+
                 assert soap is not None
                 result = run_soap_offline(soap, op, request, ex.reply)
             else:
@@ -683,7 +685,7 @@ def _load_tls(cfg: Any, c: _Collector, loaded: Loaded) -> None:
 def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBinding] | None:
     """Loads the WSDL now (blocking, at config load), so `check` reports a bad WSDL, service
     or port, and calls never wait for it."""
-    from .backends.soap import WsdlError, load_wsdl
+    from .backends.soap import SoapSpec, WsdlError, load_wsdl
 
     tls = None
     if cfg.tls is not None:
@@ -722,6 +724,7 @@ def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
         FAULT_GROUPS,
         FaultRule,
         SoapMappingError,
+        SoapOperation,
         compile_explicit_request,
         compile_explicit_response,
         compile_request,
@@ -869,6 +872,8 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
 
     pools: dict[str, LinePool | ProcessPool | SoapBackend] = {}
     for name, (sspec, wsdl) in loaded.soap.items():
+        from .backends.soap import SoapBackend
+
         soap_backend = pools[name] = SoapBackend(sspec, wsdl, reactor)
         old_soap = (reuse or {}).get(name)
         if isinstance(old_soap, SoapBackend) and old_soap.wsdl.address == wsdl.address:
@@ -886,12 +891,11 @@ def build_set(loaded: Loaded, reactor: Any, generation: int, drain: Any,
     methods: dict[str, MethodEntry] = {}
     for path, op in loaded.ops.items():
         pool = pools[op.backend]
-        if isinstance(op, SoapOperation):
-            assert isinstance(pool, SoapBackend)
-            invoke = _soap_invoker(op, pool, drain)
-        else:
-            assert not isinstance(pool, SoapBackend)
+        if isinstance(op, LineOperation):
+            assert isinstance(pool, LinePool | ProcessPool)
             invoke = _invoker(op, pool, drain)
+        else:
+            invoke = _soap_invoker(op, pool, drain)  # type: ignore[arg-type]
         gate = gates[op.backend]
         if gate is not None:
             invoke = _admitted(invoke, gate, op.timeout if op.timeout is not None else pool.spec.timeout)

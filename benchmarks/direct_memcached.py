@@ -8,6 +8,10 @@ not what memcached can do. Every reply is compared byte for byte with the expect
     python benchmarks/direct_memcached.py --port P --key K --value-len N --flags F \
         --duration S [--conns 4 --depth 8 | --rate 1000]
 
+With --rate it is the fixed-rate scenario's "direct": the request the sidecar sends for the
+benchmark's call (`get bench`), at the rate each front gets, on one connection, each latency
+from the request's write to its whole reply.
+
 prints one JSON line: requests, errors, seconds, p50_us, p90_us, p99_us.
 """
 
@@ -96,14 +100,18 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
             c.send(a.depth)
         await asyncio.sleep(a.duration)
     else:
+        # Paced as h2load --rps paces the sidecar's load: request k is due at start + k/rate,
+        # and between requests the loop sleeps in epoll until the next one is due (a shorter
+        # sleep, such as 0.5 ms, rounds to 0 on uvloop's millisecond timers: a busy loop whose
+        # always-awake client answers faster than any sleeping one, and takes a CPU).
         sent, i = 0, 0
         while (elapsed := time.monotonic() - start) < a.duration and run.sending:
-            due = int(elapsed * a.rate) - sent
+            due = int(elapsed * a.rate) + 1 - sent
             for _ in range(due):
                 conns[i % len(conns)].send()
                 i += 1
             sent += max(due, 0)
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(max(0.0, start + sent / a.rate - time.monotonic()))
     seconds = time.monotonic() - start
     run.sending = False
     for c in conns:

@@ -124,6 +124,39 @@ def pss_mib(pids: Sequence[int]) -> float:
     return kib / 1024
 
 
+def alone_mib(pids: Sequence[int]) -> float:
+    """What these processes would have as their PSS if nothing else ran on the machine: each
+    page of a file they map (the interpreter, shared objects) counted once for all of them,
+    plus their anonymous memory (its PSS: pages a fork shares are split among the sharers).
+
+    Plain PSS also divides file pages with every *other* process mapping the same file (other
+    Python processes, other checkouts' venvs hard-linked from one cache), so it moves with
+    what else runs; this figure does not. A mapping's file pages are counted as resident in
+    the process that has the most of them (the same library's pages are the same pages)."""
+    files: dict[tuple[str, str, str], int] = {}
+    anon = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps").read_text()
+        except OSError:
+            continue
+        key: tuple[str, str, str] | None = None
+        rss = 0
+        for line in text.splitlines():
+            head = line.split(None, 6)
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                key = (head[3], head[4], head[2]) if head[4] != "0" else None  # dev, inode, offset
+            elif line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:") and key is None:
+                anon += int(line.split()[1])
+            elif line.startswith("Anonymous:") and key is not None:
+                private = int(line.split()[1])  # copy-on-write pages of a file mapping
+                anon += private
+                files[key] = max(files.get(key, 0), rss - private)
+    return (anon + sum(files.values())) / 1024
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it when the harness dies, even by SIGKILL (Linux)."""
     import ctypes

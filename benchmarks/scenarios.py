@@ -14,7 +14,7 @@ from statistics import median
 
 from .bench import CUSTOMER_PATH, Bench, Row, Subject, tree_of
 from .load import Measure, median_of
-from .procs import process_tree, pss_mib
+from .procs import alone_mib, process_tree, pss_mib
 
 Scenario = Callable[[Bench], None]
 SCENARIOS: dict[str, tuple[str, Scenario]] = {}
@@ -77,25 +77,43 @@ def grpc_line(b: Bench) -> None:
     b.check("gRPC→line throughput ≥ 0.8 × grpc.aio floor", _ratio(side, fl), 0.8, at_most=False, unit="×")
 
 
-@scenario("mixed", "gRPC and JSON at once against one sidecar")
+@scenario("mixed", "gRPC and JSON at once against one sidecar: at a fixed rate each, and saturating")
 def mixed(b: Bench) -> None:
+    """The target: with 1000 gRPC and 1000 JSON req/s together, each front's p99 stays within
+    2× its p99 when it alone gets its 1000 req/s, both measured here, paired in the same run
+    (the process model puts each front in its own worker for this). The saturating run of
+    both at once is context: it shows how the two share the machine's CPUs."""
     sc = b.sidecar()
-    both = "adaptercar, JSON + gRPC at once"
-    subjects = [Subject(both, lambda d: [b.json_load(sc.http, d), b.grpc_load(sc.grpc, d)])]
-    # solo figures come from this run's json-line and grpc-line; measured here when they did not run
-    if "json" not in b.solo:
-        subjects.append(Subject(SIDECAR_JSON, lambda d: [b.json_load(sc.http, d)]))
-    if "grpc" not in b.solo:
-        subjects.append(Subject(SIDECAR_GRPC, lambda d: [b.grpc_load(sc.grpc, d)]))
-    res = b.paired(subjects)
-    for label, front in ((SIDECAR_JSON, "json"), (SIDECAR_GRPC, "grpc")):
-        if label in res:
-            b.solo[front] = medians(res[label])[0]
+    rate = b.s.rate
+    both_at = f"adaptercar, JSON + gRPC at once, {rate}/s each"
+    solo_at = {"json": f"adaptercar, JSON front alone @ {rate}/s", "grpc": f"adaptercar, gRPC front alone @ {rate}/s"}
+    both = "adaptercar, JSON + gRPC at once, saturating"
+    res = b.paired([
+        Subject(both_at, lambda d: [b.json_at_rate(sc.http, d), b.grpc_at_rate(sc.grpc, d)], tree_of(sc.started)),
+        Subject(solo_at["json"], lambda d: [b.json_at_rate(sc.http, d)], tree_of(sc.started)),
+        Subject(solo_at["grpc"], lambda d: [b.grpc_at_rate(sc.grpc, d)], tree_of(sc.started)),
+        Subject(both, lambda d: [b.json_load(sc.http, d), b.grpc_load(sc.grpc, d)]),
+    ])
+    for i, (front, name) in enumerate((("json", "JSON"), ("grpc", "gRPC"))):
+        m, runs = medians(res[both_at], i)
+        solo, solo_runs = medians(res[solo_at[front]])
+        ratio = m.p99_ms / solo.p99_ms if solo.p99_ms else 0.0
+        behind = f"FELL BEHIND the {rate}/s rate; " if m.rps < 0.95 * rate else ""
+        b.add(Row("mixed", f"adaptercar, {name} front @ {rate}/s with the other front @ {rate}/s", m,
+                  solo_at[front], _ratio(m, solo), runs=runs,
+                  note=f"{behind}p99 {ratio:.2f} × alone ({m.p99_ms:.2f} vs {solo.p99_ms:.2f} ms)",
+                  extra={"p99_vs_alone": ratio}))
+        b.add(Row("mixed", solo_at[front], solo, runs=solo_runs))
+        b.check(f"{name} p99 at {rate}/s with the other front at {rate}/s ≤ 2 × alone", ratio, 2.0,
+                at_most=True, unit="×")
     for i, (front, name) in enumerate((("json", "JSON front"), ("grpc", "gRPC front"))):
         m, runs = medians(res[both], i)
-        solo = b.solo[front]
-        b.add(Row("mixed", f"adaptercar, {name} under mixed load", m, f"{name} solo", _ratio(m, solo), runs=runs,
-                  note=f"solo {solo.rps:,.0f} req/s, p99 {solo.p99_ms:.2f} ms"))
+        solo_sat = b.solo.get(front)  # from this run's json-line / grpc-line, when they ran
+        b.add(Row("mixed", f"adaptercar, {name} saturating, with the other saturating", m,
+                  f"{name} solo (json-line/grpc-line)" if solo_sat else None,
+                  _ratio(m, solo_sat) if solo_sat else None, runs=runs,
+                  note=(f"solo {solo_sat.rps:,.0f} req/s, p99 {solo_sat.p99_ms:.2f} ms" if solo_sat
+                        else "context: run json-line and grpc-line too for the solo figures")))
 
 
 def _added(side: Measure, base: Measure) -> str:
@@ -124,7 +142,8 @@ def fixed_rate(b: Bench) -> None:
     ])
     got = {k: medians(res[v]) for k, v in labels.items()}
     di = got["di"][0]
-    b.add(Row("fixed-rate", labels["di"], di, runs=got["di"][1], note="1 connection, pipelined"))
+    b.add(Row("fixed-rate", labels["di"], di, runs=got["di"][1],
+              note="get bench, 1 connection, paced as h2load --rps"))
     for front, floor, limit in (("json", "tw", 0.10), ("grpc", "ga", 0.15)):
         (side, side_runs), (fl, fl_runs) = got[front], got[floor]
         vs, vf = _vcpu(side_runs), _vcpu(fl_runs)
@@ -138,30 +157,37 @@ def fixed_rate(b: Bench) -> None:
                   extra={"vcpu_per_krps": vf}))
         name = "JSON" if front == "json" else "gRPC"
         b.check(f"{name} CPU ≤ {limit} vCPU per 1000 req/s", vs, limit, at_most=True, unit="vCPU")
-        # Added latency is judged against the floor: same load generator, same protocol, same
-        # backend exchange, so the difference is adaptercar's own. The direct client is another
-        # tool (Python, memcached protocol) whose p99 on a shared 2-core machine is mostly its
-        # own scheduling; its difference is in the note and the JSON.
-        b.check(f"{name} added latency p50 ≤ 0.5 ms (vs floor)", side.p50_ms - fl.p50_ms, 0.5, at_most=True,
+        # Added latency is judged against direct, as the issue states it: the same request
+        # (`get bench`) at the same rate on one connection, straight to memcached. The floor's
+        # difference (same load generator and protocol, no adaptercar code) is in the note.
+        b.check(f"{name} added latency p50 ≤ 0.5 ms (vs direct)", side.p50_ms - di.p50_ms, 0.5, at_most=True,
                 unit="ms")
-        b.check(f"{name} added latency p99 ≤ 2 ms (vs floor)", side.p99_ms - fl.p99_ms, 2.0, at_most=True,
+        b.check(f"{name} added latency p99 ≤ 2 ms (vs direct)", side.p99_ms - di.p99_ms, 2.0, at_most=True,
                 unit="ms")
 
 
 @scenario("idle-memory", "idle memory (PSS) of the sidecar, both fronts, one line backend")
 def idle_memory(b: Bench) -> None:
+    """Judged on the PSS the sidecar's processes would have alone on the machine (procs.alone_mib):
+    plain PSS splits the pages of the interpreter and of grpc's 17 MB shared object with every
+    other process mapping them, the harness's own sidecar and floors among them, so it read
+    13–25 MiB lower whenever those were up. Plain PSS stays in the note and the JSON."""
     for single, limit in ((False, 120.0), (True, 60.0)):
         model = "--single-process" if single else "default process model"
         sc = b.start_sidecar("sidecar-single" if single else "sidecar-idle", single_process=single)
         try:
             time.sleep(1.0)  # the first calls (made by the start-up check) have settled
             pids = process_tree(sc.started.pid)
-            mib = pss_mib(pids)
+            mib, alone = pss_mib(pids), alone_mib(pids)
+            each = [alone_mib([p]) for p in pids]
         finally:
             b.procs.stop(sc.started)
-        b.add(Row("idle-memory", f"adaptercar, {model}", note=f"PSS {mib:.1f} MiB over {len(pids)} processes",
-                  extra={"pss_mib": mib, "processes": float(len(pids))}))
-        b.check(f"idle PSS ≤ {limit:.0f} MiB, {model}", mib, limit, at_most=True, unit="MiB")
+        b.add(Row("idle-memory", f"adaptercar, {model}",
+                  note=f"{alone:.1f} MiB alone over {len(pids)} processes "
+                       f"({' + '.join(f'{x:.0f}' for x in each)} each alone); PSS as measured {mib:.1f} MiB",
+                  extra={"pss_alone_mib": alone, "pss_mib": mib, "processes": float(len(pids))}))
+        b.check(f"idle PSS ≤ {limit:.0f} MiB, {model} (alone on the machine)", alone, limit, at_most=True,
+                unit="MiB")
 
 
 SOAP_SIDECAR = "adaptercar, JSON → SOAP (wrk -c32)"

@@ -73,6 +73,7 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     for (scenario, subject), row in by.items():
         if scenario == "idle-memory":
             assert 5 < row["extra"]["pss_mib"] < 2000, row
+            assert 5 < row["extra"]["pss_alone_mib"] < 2000, row
             continue
         m = row["measure"]
         assert m["requests"] > 0 and m["errors"] == 0, (subject, m)
@@ -82,7 +83,14 @@ def test_every_scenario_runs_and_writes_results(tmp_path: Path) -> None:
     fixed = [r for r in doc["rows"] if r["scenario"] == "fixed-rate" and "vcpu_per_krps" in r["extra"]]
     assert len(fixed) == 4 and all(r["extra"]["vcpu_per_krps"] > 0 for r in fixed)
     targets = {c["target"] for c in doc["checks"]}
-    assert len(targets) == 14 and any("0.8 × Twisted floor" in t for t in targets)
+    assert len(targets) == 16 and any("0.8 × Twisted floor" in t for t in targets)
+    assert sum("added latency" in t and "(vs direct)" in t for t in targets) == 4
+    mixed = {r["subject"]: r for r in doc["rows"] if r["scenario"] == "mixed"}
+    at_rate = [r for r in mixed.values() if "with the other front @" in r["subject"]]
+    assert len(mixed) == 6 and len(at_rate) == 2
+    for r in at_rate:  # judged against the same front alone at the same rate, from this run
+        assert r["baseline"] in mixed and r["extra"]["p99_vs_alone"] > 0
+    assert sum(" ≤ 2 × alone" in t for t in targets) == 2
     soap = by[("soap", "adaptercar, JSON → SOAP (wrk -c32)")]
     assert soap["baseline"].startswith("FastAPI + zeep") and soap["extra"]["cpu_ms_per_call"] > 0
     assert {s for sc, s in by if sc == "soap"} >= {"direct: canned SOAP reply (nginx, wrk -c32 POST)",

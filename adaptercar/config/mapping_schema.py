@@ -58,7 +58,7 @@ class Strict(BaseModel):
     in the validation context), so an unknown key can be answered with "did you mean".
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
