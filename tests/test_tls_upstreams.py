@@ -140,3 +140,31 @@ def test_ambassador_upstream_with_an_untrusted_certificate_is_unavailable(
     finally:
         tls.stop()
         up.stop()
+
+
+def test_https_soap_workers_do_not_load_pyopenssl(crm: Crm, certs: Certs, sidecars: Any) -> None:
+    """The SOAP backend's client speaks TLS with Python's `ssl` on the workers' asyncio reactor:
+    the gRPC and JSON workers serve an https SOAP backend with pyOpenSSL forbidden (~11 MiB
+    each saved), and calls over both fronts still verify the server's certificate."""
+    from tests.test_tls_fronts import _tree
+
+    tls = relay(crm_target(crm), certs)
+    try:
+        endpoint = f"https://127.0.0.1:{tls.port}/crm"
+        sc = sidecars(config(endpoint, tls={"ca": certs.path("ca.pem"),
+                                            "server_name": "crm.internal"}))
+        assert call(sc, "GetCustomer", id=1).name == "Ada Lovelace"
+        status, body, _ = sc.http("GET", "/v1/customers/3")
+        assert (status, body["name"]) == (200, "Grace Hopper")
+        assert tls.sni and set(tls.sni) == {"crm.internal"}
+        roles = {}
+        for pid in _tree(sc.proc.pid)[1:]:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--role" in argv:
+                roles[argv[argv.index(b"--role") + 1].decode()] = pid
+        assert {"grpc", "http"} <= set(roles)
+        for role in ("grpc", "http"):
+            environ = Path(f"/proc/{roles[role]}/environ").read_bytes().split(b"\0")
+            assert b"ADAPTERCAR_OPENSSL=0" in environ, role
+    finally:
+        tls.stop()
