@@ -440,3 +440,61 @@ def test_document_literal_bare_end_to_end(tmp_path: Path, sidecars: Any) -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+EXTENSIBLE_WSDL = ROOT / "tests" / "wsdl" / "extensible" / "extensible.wsdl"
+
+
+class _Audit(BaseHTTPRequestHandler):
+    """Answers every request with entry 7, and keeps what it was sent."""
+
+    seen: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).seen.append(self.rfile.read(int(self.headers["content-length"])))
+        out = (b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+               b'<RecordResponse xmlns="urn:example:audit"><entryId>7</entryId>'
+               b'<x:note xmlns:x="urn:other">kept out</x:note></RecordResponse>'
+               b'</e:Body></e:Envelope>')
+        self.send_response(200)
+        self.send_header("content-type", "text/xml; charset=utf-8")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_a_required_xsd_any_is_not_demanded_and_is_sent_empty(tmp_path: Path,
+                                                             sidecars: Any) -> None:
+    """A proto cannot feed elements of any name: a required xsd:any in a request is skipped by
+    import-wsdl (warned), not demanded by the mapping (`check` passes), and sent empty (zeep
+    would otherwise refuse every call)."""
+    out = tmp_path / "audit"
+    res = cli("import-wsdl", str(EXTENSIBLE_WSDL), "--package", "audit.v1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == [
+        "warning: Record: xsd:any (elements of any name) is not expressed; skipped",
+        "warning: Record: xsd:any (elements of any name) is not expressed; skipped"]
+    assert errors_of(out / "adaptercar.yaml") == []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Audit)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = yaml.safe_load((out / "adaptercar.yaml").read_text())
+        for role in ("grpc", "http", "admin"):
+            cfg[role] = {}
+        cfg["protos"] = [str(out / "protos")]
+        cfg["mappings"] = [str(out / "mappings")]
+        soap = cfg["backends"]["audit_service"]["soap"]
+        soap["wsdl"] = str(out / soap["wsdl"])
+        url = f"http://127.0.0.1:{server.server_address[1]}/audit"
+        sc = sidecars(cfg, single_process=True, env={"AUDIT_SERVICE_URL": url})
+        status, body, _ = sc.http("POST", "/v1/audit-service/Record",
+                                  body={"actor": "ada", "action": "login"})
+        assert (status, body) == (200, {"entryId": "7"}), body
+        assert re.search(rb"<(\w+:)?Record [^>]*><(\w+:)?actor>ada</(\w+:)?actor><(\w+:)?action>"
+                         rb"login</(\w+:)?action></(\w+:)?Record>", _Audit.seen[-1]), _Audit.seen[-1]
+    finally:
+        server.shutdown()
+        server.server_close()

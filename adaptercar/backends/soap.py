@@ -157,10 +157,34 @@ def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
     binding = port.binding
     ns = SOAP12 if isinstance(binding, Soap12Binding) else SOAP11
     operations = dict(binding._operations)
+    optional_any(operations.values())
     lone = {name: part.name for name, op in operations.items()
             if (part := lone_part(op, "input")) is not None}
     return WsdlBinding(client, binding, address, ns, svc.name, port.name,
                        operations, lone, _enumerations(client))
+
+
+def optional_any(operations: Any) -> None:
+    """Make every xsd:any of the requests optional, in this load's own zeep schema.
+
+    A proto cannot express elements of any name, so the mapping never fills an xsd:any; zeep
+    would refuse to render a request whose any is required ("Missing element for Any"), which
+    would make every call of such an operation fail. It is sent empty instead: an extension
+    point left unused, which is what such services accept when they accept a request at all."""
+    from zeep.xsd.elements import Any as AnyElement
+
+    seen: set[int] = set()
+    todo = [getattr(getattr(op.input, "body", None), "type", None) for op in operations]
+    while todo:
+        typ = todo.pop()
+        if typ is None or id(typ) in seen:
+            continue
+        seen.add(id(typ))
+        for _name, el in getattr(typ, "elements", ()):
+            if isinstance(el, AnyElement):
+                el.min_occurs = 0
+            else:
+                todo.append(getattr(el, "type", None))
 
 
 _XSD = "{http://www.w3.org/2001/XMLSchema}"
