@@ -168,3 +168,30 @@ def test_https_soap_workers_do_not_load_pyopenssl(crm: Crm, certs: Certs, sideca
             assert b"ADAPTERCAR_OPENSSL=0" in environ, role
     finally:
         tls.stop()
+
+
+def test_openssl_roles_https_soap_needs_none(certs: Certs, tmp_path: Path) -> None:
+    """The rule the supervisor applies: pyOpenSSL for the JSON front's `http.tls` and for an
+    ambassador route's `upstream.tls`, never for an https SOAP backend (Python's `ssl`)."""
+    import yaml
+
+    from adaptercar.compile import load_all
+    from adaptercar.tls import openssl_roles
+
+    def roles(cfg: dict[str, Any]) -> set[str]:
+        path = tmp_path / "adaptercar.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        loaded = load_all(path, environ={})
+        assert loaded.errors == []
+        return openssl_roles(loaded)
+
+    tls = {"ca": certs.path("ca.pem"), "server_name": "crm.internal"}
+    soap = config("https://127.0.0.1:9/crm", tls=tls)
+    for role in ("grpc", "http", "admin"):
+        soap[role] = {"listen": f"127.0.0.1:{free_port()}"}
+    assert roles(soap) == set()
+    soap["http"]["tls"] = {"cert": certs.path("server.pem"), "key": certs.path("server.key")}
+    assert roles(soap) == {"http"}
+    route = {"name": "api", "listen": f"127.0.0.1:{free_port()}", "protocol": "http",
+             "upstream": {"static": ["127.0.0.1:9"], "tls": tls}}
+    assert roles({"admin": {}, "ambassador": [route]}) == {"ambassador"}
