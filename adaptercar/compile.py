@@ -719,7 +719,7 @@ def _soap_backend(name: str, cfg: Any, c: _Collector) -> tuple[SoapSpec, WsdlBin
 
 def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backend: str,
              wsdl: WsdlBinding, protoset: ProtoSet, environ: Mapping[str, str]) -> SoapOperation | None:
-    from .backends.soap import enum_values, reply_wrapper
+    from .backends.soap import enum_values, reply_wrapper, request_type
     from .mapping.soap_operation import (
         FAULT_GROUPS,
         FaultRule,
@@ -752,7 +752,7 @@ def _soap_op(c: _Collector, mpath: Path_, service: str, name: str, m: Any, backe
         ok = False
     if not ok:
         return None
-    in_type = getattr(getattr(zop.input, "body", None), "type", None)
+    in_type = request_type(zop)
     in_elems = schema_elems(in_type)
     out_type, wrap_as = reply_wrapper(zop)
     scope = Scope(request=req, env=environ, encoding="utf-8")

@@ -62,12 +62,12 @@ OPENSSL_ENV = "ADAPTERCAR_OPENSSL"
 
 def openssl_roles(loaded: Any) -> set[str]:
     """The worker roles that need pyOpenSSL under this (problem-free) load: the JSON front with
-    `http.tls`, the call-serving roles with an https SOAP endpoint, the ambassador with an
-    https upstream. The gRPC front's own TLS is grpc's (BoringSSL), not pyOpenSSL."""
+    `http.tls`, the ambassador with an https upstream. The gRPC front's own TLS is grpc's
+    (BoringSSL); an https SOAP backend needs none either: workers run the asyncio reactor, where
+    `backends.http_pool` speaks TLS with Python's `ssl` (pyOpenSSL only on another reactor, which
+    no worker runs)."""
     cfg = loaded.config
     roles: set[str] = set()
-    if any(wsdl.address.startswith("https://") for _, wsdl in loaded.soap.values()):
-        roles |= {"grpc", "http"}
     if cfg.http is not None and cfg.http.tls is not None:
         roles.add("http")
     if any(route.upstream.tls is not None for route in cfg.ambassador):

@@ -197,21 +197,6 @@ class _Builder:
         return name
 
 
-def _lone_simple(op: Any) -> str:
-    """Document/literal bare with a message of ONE part whose element has a simple type: zeep
-    takes and returns that value itself, not a structure of named elements, so by-name
-    matching has nothing to match. Several parts, or one complex-typed part, are fine."""
-    from zeep.xsd.types import ComplexType
-
-    for side in ("input", "output"):
-        body: Any = getattr(getattr(op, side, None), "body", None)
-        typ = getattr(body, "type", None)
-        if typ is not None and not isinstance(typ, ComplexType):
-            return (f"its {side} is one element of a simple type "
-                    f"({body.qname.localname}: xsd:{typ.qname.localname})")
-    return ""
-
-
 def _is_any(el: Any) -> bool:
     from zeep.xsd.elements import Any as AnyElement
 
@@ -265,7 +250,14 @@ def _members(indicator: Any) -> str:
 
 def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
                 port: str | None = None) -> ImportResult:
-    from .backends.soap import SoapSpec, WsdlError, enum_values, load_wsdl, reply_wrapper
+    from .backends.soap import (
+        SoapSpec,
+        WsdlError,
+        enum_values,
+        load_wsdl,
+        reply_wrapper,
+        request_type,
+    )
 
     if not _PACKAGE.fullmatch(package):
         raise ImportError_(f"--package {package!r} is not a proto package (like crm.v1)")
@@ -286,16 +278,13 @@ def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
     b.enum_values = lambda typ: enum_values(bound, typ)
     b.names.add(svc_name)
     rpcs, methods = [], {}
+    views: list[Any] = []
     for opname in sorted(bound.operations):
         op = bound.operations[opname]
         rpc = pascal(opname)
-        in_type = getattr(getattr(op.input, "body", None), "type", None)
+        in_type = request_type(op)
         out_type, _ = reply_wrapper(op)
-        lone = _lone_simple(op)
-        if lone:
-            result.warnings.append(f"{opname}: {lone}, which the soap backend cannot map yet; "
-                                   f"operation skipped")
-            continue
+        views += (in_type, out_type)  # alive till the end: `_Builder` remembers types by id
         req = (b.message(f"{rpc}Request", in_type, opname, exact=True) if in_type is not None
                else _empty(b, b.unique(f"{rpc}Request")))
         rep = (b.message(f"{rpc}Reply", out_type, opname, exact=True) if out_type is not None

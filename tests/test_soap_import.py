@@ -306,16 +306,16 @@ def test_what_a_proto_cannot_express_is_reported_per_element_and_the_rest_works(
 def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> None:
     """Bare: the parts are the body's elements. Several simple-typed parts make one message of
     their elements (GetPrice, both ways); one complex-typed part is that element's content
-    (CheckStock, named unlike the operation); one simple-typed part cannot be mapped yet (Echo):
-    said, and the rest written."""
+    (CheckStock, named unlike the operation); one simple-typed part is a message of that one
+    element (Echo: zeep takes and gives the value alone, the backend passes it so)."""
     out = tmp_path / "pricing"
     res = cli("import-wsdl", str(PRICING_WSDL), "--package", "pricing.v1", "--out", str(out))
     assert res.returncode == 0, res.stderr
-    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == [
-        "warning: Echo: its input is one element of a simple type (echo: xsd:string), which the "
-        "soap backend cannot map yet; operation skipped"]
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == []
     proto = next((out / "protos").glob("*.proto")).read_text()
-    assert "rpc Echo" not in proto and "Echo" not in proto
+    assert "rpc Echo(EchoRequest) returns (EchoReply)" in proto
+    assert "message EchoRequest {\n  string echo = 1;\n}" in proto
+    assert "message EchoReply {\n  string echoed = 1;\n}" in proto
     assert "message GetPriceRequest {\n  string sku = 1;\n  int32 quantity = 2;\n}" in proto
     assert "message GetPriceReply {\n  string unitPrice = 1;\n  string currency = 2;\n}" in proto
     assert "message CheckStockRequest {\n  string sku = 1;\n  optional string warehouse = 2;\n}" \
@@ -343,6 +343,10 @@ def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> 
          "reply": f'<StockLevel {ns}><sku>A-1</sku><onHand>40000000000</onHand>'
                   '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
          "expect": {"sku": "A-1", "onHand": 40000000000, "warehouse": ["AMS", "LHR"]}}]}
+    m["methods"]["Echo"] = {"examples": [
+        {"request": {"echo": "a < b"}, "reply": f"<echoed {ns}>a &lt; b</echoed>",
+         "expect": {"echoed": "a < b"}},
+        {"request": {}, "expect": {"error": "INVALID_ARGUMENT", "message": "echo is required"}}]}
     mapping.write_text(yaml.safe_dump(m, sort_keys=False))
     errs = errors_of(out / "adaptercar.yaml")
     assert len(errs) == 1 and "GetPrice.examples[1]: example failed: unitPrice: expected '2', " \
@@ -352,6 +356,7 @@ def test_document_literal_bare_parts_and_multi_part_messages(tmp_path: Path) -> 
 _PRICING_REPLIES = {
     "sku": '<p:unitPrice xmlns:p="urn:example:pricing">12.50</p:unitPrice>'
            '<p:currency xmlns:p="urn:example:pricing">EUR</p:currency>',
+    "echo": "",  # Echo: filled in from the request by the handler
     "StockQuery": '<StockLevel xmlns="urn:example:pricing"><sku>A-1</sku><onHand>7</onHand>'
                   '<warehouse>AMS</warehouse><warehouse>LHR</warehouse></StockLevel>',
 }
@@ -368,6 +373,10 @@ class _Pricing(BaseHTTPRequestHandler):
         type(self).seen.append(body)
         first = re.search(rb"<soap-env:Body><(?:\w+:)?(\w+)", body)
         payload = _PRICING_REPLIES[first.group(1).decode()] if first else ""
+        echo = re.search(rb"<(?:\w+:)?echo[ >](?:[^<]*>)?([^<]*)</", body)
+        if first and first.group(1) == b"echo" and echo:
+            payload = (f'<echoed xmlns="urn:example:pricing">{echo.group(1).decode()} back'
+                       f'</echoed>')
         out = ('<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
                f"{payload}</e:Body></e:Envelope>").encode()
         self.send_response(200)
@@ -413,6 +422,79 @@ def test_document_literal_bare_end_to_end(tmp_path: Path, sidecars: Any) -> None
             got = stub(req_cls(sku="A-1"), timeout=10)
         assert (got.sku, got.onHand, list(got.warehouse)) == ("A-1", 7, ["AMS", "LHR"])
         assert re.search(rb"<soap-env:Body><(\w+:)?StockQuery[ >]", _Pricing.seen[-1])
+        # one simple-typed part (Echo): the value alone is the Body's element, both ways
+        md = ps.services()["pricing.v1.PricingService"].methods_by_name["Echo"]
+        echo_req: Any = ps.message_class(md.input_type)
+        echo_resp: Any = ps.message_class(md.output_type)
+        with grpc.insecure_channel(f"127.0.0.1:{sc.ports['grpc']}") as ch:
+            stub = ch.unary_unary("/pricing.v1.PricingService/Echo",
+                                  request_serializer=echo_req.SerializeToString,
+                                  response_deserializer=echo_resp.FromString)
+            assert stub(echo_req(echo="a & b"), timeout=10).echoed == "a & b back"
+        assert re.search(rb"<soap-env:Body><(\w+:)?echo( [^>]*)?>a &amp; b</(\w+:)?echo>"
+                         rb"</soap-env:Body>", _Pricing.seen[-1]), _Pricing.seen[-1]
+        status, body, _ = sc.http("POST", "/v1/pricing-service/Echo", body={"echo": "hi"})
+        assert (status, body) == (200, {"echoed": "hi back"}), body
+        status, body, _ = sc.http("POST", "/v1/pricing-service/Echo", body={})
+        assert status == 400 and "echo is required" in str(body), body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+EXTENSIBLE_WSDL = ROOT / "tests" / "wsdl" / "extensible" / "extensible.wsdl"
+
+
+class _Audit(BaseHTTPRequestHandler):
+    """Answers every request with entry 7, and keeps what it was sent."""
+
+    seen: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).seen.append(self.rfile.read(int(self.headers["content-length"])))
+        out = (b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body>'
+               b'<RecordResponse xmlns="urn:example:audit"><entryId>7</entryId>'
+               b'<x:note xmlns:x="urn:other">kept out</x:note></RecordResponse>'
+               b'</e:Body></e:Envelope>')
+        self.send_response(200)
+        self.send_header("content-type", "text/xml; charset=utf-8")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_a_required_xsd_any_is_not_demanded_and_is_sent_empty(tmp_path: Path,
+                                                             sidecars: Any) -> None:
+    """A proto cannot feed elements of any name: a required xsd:any in a request is skipped by
+    import-wsdl (warned), not demanded by the mapping (`check` passes), and sent empty (zeep
+    would otherwise refuse every call)."""
+    out = tmp_path / "audit"
+    res = cli("import-wsdl", str(EXTENSIBLE_WSDL), "--package", "audit.v1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning: ")] == [
+        "warning: Record: xsd:any (elements of any name) is not expressed; skipped",
+        "warning: Record: xsd:any (elements of any name) is not expressed; skipped"]
+    assert errors_of(out / "adaptercar.yaml") == []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Audit)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = yaml.safe_load((out / "adaptercar.yaml").read_text())
+        for role in ("grpc", "http", "admin"):
+            cfg[role] = {}
+        cfg["protos"] = [str(out / "protos")]
+        cfg["mappings"] = [str(out / "mappings")]
+        soap = cfg["backends"]["audit_service"]["soap"]
+        soap["wsdl"] = str(out / soap["wsdl"])
+        url = f"http://127.0.0.1:{server.server_address[1]}/audit"
+        sc = sidecars(cfg, single_process=True, env={"AUDIT_SERVICE_URL": url})
+        status, body, _ = sc.http("POST", "/v1/audit-service/Record",
+                                  body={"actor": "ada", "action": "login"})
+        assert (status, body) == (200, {"entryId": "7"}), body
+        assert re.search(rb"<(\w+:)?Record [^>]*><(\w+:)?actor>ada</(\w+:)?actor><(\w+:)?action>"
+                         rb"login</(\w+:)?action></(\w+:)?Record>", _Audit.seen[-1]), _Audit.seen[-1]
     finally:
         server.shutdown()
         server.server_close()

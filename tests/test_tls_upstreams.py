@@ -140,3 +140,58 @@ def test_ambassador_upstream_with_an_untrusted_certificate_is_unavailable(
     finally:
         tls.stop()
         up.stop()
+
+
+def test_https_soap_workers_do_not_load_pyopenssl(crm: Crm, certs: Certs, sidecars: Any) -> None:
+    """The SOAP backend's client speaks TLS with Python's `ssl` on the workers' asyncio reactor:
+    the gRPC and JSON workers serve an https SOAP backend with pyOpenSSL forbidden (~11 MiB
+    each saved), and calls over both fronts still verify the server's certificate."""
+    from tests.test_tls_fronts import _tree
+
+    tls = relay(crm_target(crm), certs)
+    try:
+        endpoint = f"https://127.0.0.1:{tls.port}/crm"
+        sc = sidecars(config(endpoint, tls={"ca": certs.path("ca.pem"),
+                                            "server_name": "crm.internal"}))
+        assert call(sc, "GetCustomer", id=1).name == "Ada Lovelace"
+        status, body, _ = sc.http("GET", "/v1/customers/3")
+        assert (status, body["name"]) == (200, "Grace Hopper")
+        assert tls.sni and set(tls.sni) == {"crm.internal"}
+        roles = {}
+        for pid in _tree(sc.proc.pid)[1:]:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--role" in argv:
+                roles[argv[argv.index(b"--role") + 1].decode()] = pid
+        assert {"grpc", "http"} <= set(roles)
+        for role in ("grpc", "http"):
+            environ = Path(f"/proc/{roles[role]}/environ").read_bytes().split(b"\0")
+            assert b"ADAPTERCAR_OPENSSL=0" in environ, role
+    finally:
+        tls.stop()
+
+
+def test_openssl_roles_https_soap_needs_none(certs: Certs, tmp_path: Path) -> None:
+    """The rule the supervisor applies: pyOpenSSL for the JSON front's `http.tls` and for an
+    ambassador route's `upstream.tls`, never for an https SOAP backend (Python's `ssl`)."""
+    import yaml
+
+    from adaptercar.compile import load_all
+    from adaptercar.tls import openssl_roles
+
+    def roles(cfg: dict[str, Any]) -> set[str]:
+        path = tmp_path / "adaptercar.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        loaded = load_all(path, environ={})
+        assert loaded.errors == []
+        return openssl_roles(loaded)
+
+    tls = {"ca": certs.path("ca.pem"), "server_name": "crm.internal"}
+    soap = config("https://127.0.0.1:9/crm", tls=tls)
+    for role in ("grpc", "http", "admin"):
+        soap[role] = {"listen": f"127.0.0.1:{free_port()}"}
+    assert roles(soap) == set()
+    soap["http"]["tls"] = {"cert": certs.path("server.pem"), "key": certs.path("server.key")}
+    assert roles(soap) == {"http"}
+    route = {"name": "api", "listen": f"127.0.0.1:{free_port()}", "protocol": "http",
+             "upstream": {"static": ["127.0.0.1:9"], "tls": tls}}
+    assert roles({"admin": {}, "ambassador": [route]}) == {"ambassador"}

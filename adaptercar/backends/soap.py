@@ -103,6 +103,8 @@ class WsdlBinding:
     service: str
     port: str
     operations: dict[str, Any] = field(default_factory=dict)
+    lone_inputs: dict[str, str] = field(default_factory=dict)
+    """Operation → the element of its lone simple-typed input part (see `LonePart`)."""
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """`{namespace}name` of a simple type → its xsd:enumeration values (zeep drops facets)."""
 
@@ -154,8 +156,35 @@ def load_wsdl(spec: SoapSpec, first_service: bool = False) -> WsdlBinding:
         raise WsdlError(f"port {port.name} has no http(s) address; set 'endpoint'", "wsdl")
     binding = port.binding
     ns = SOAP12 if isinstance(binding, Soap12Binding) else SOAP11
+    operations = dict(binding._operations)
+    optional_any(operations.values())
+    lone = {name: part.name for name, op in operations.items()
+            if (part := lone_part(op, "input")) is not None}
     return WsdlBinding(client, binding, address, ns, svc.name, port.name,
-                       dict(binding._operations), _enumerations(client))
+                       operations, lone, _enumerations(client))
+
+
+def optional_any(operations: Any) -> None:
+    """Make every xsd:any of the requests optional, in this load's own zeep schema.
+
+    A proto cannot express elements of any name, so the mapping never fills an xsd:any; zeep
+    would refuse to render a request whose any is required ("Missing element for Any"), which
+    would make every call of such an operation fail. It is sent empty instead: an extension
+    point left unused, which is what such services accept when they accept a request at all."""
+    from zeep.xsd.elements import Any as AnyElement
+
+    seen: set[int] = set()
+    todo = [getattr(getattr(op.input, "body", None), "type", None) for op in operations]
+    while todo:
+        typ = todo.pop()
+        if typ is None or id(typ) in seen:
+            continue
+        seen.add(id(typ))
+        for _name, el in getattr(typ, "elements", ()):
+            if isinstance(el, AnyElement):
+                el.min_occurs = 0
+            else:
+                todo.append(getattr(el, "type", None))
 
 
 _XSD = "{http://www.w3.org/2001/XMLSchema}"
@@ -205,9 +234,40 @@ def enum_values(wsdl: WsdlBinding, zeep_type: Any) -> tuple[str, ...]:
     return wsdl.enums.get(qname.text, ()) if qname is not None else ()
 
 
+@dataclass(frozen=True, eq=False)
+class LonePart:
+    """A document/literal bare message of ONE part whose element has a simple type, seen as a
+    structure of that one element, so that the mapping matches it by name like any other.
+    zeep itself takes that value alone (not by name) and hands it back alone."""
+
+    name: str
+    elements: tuple[tuple[str, Any], ...]
+
+
+def lone_part(op: Any, side: str) -> LonePart | None:
+    """The `LonePart` view of `op`'s input or output body, None when it is not one."""
+    from zeep.xsd.types import ComplexType
+
+    body: Any = getattr(getattr(op, side, None), "body", None)
+    typ = getattr(body, "type", None)
+    if typ is None or isinstance(typ, ComplexType) or not getattr(body, "name", None):
+        return None
+    return LonePart(body.name, ((body.name, body),))
+
+
+def request_type(op: Any) -> Any:
+    """The request type whose children the mapping sees (a `LonePart` for a lone simple part)."""
+    lone = lone_part(op, "input")
+    return lone if lone is not None else getattr(getattr(op.input, "body", None), "type", None)
+
+
 def reply_wrapper(op: Any) -> tuple[Any, str | None]:
     """The reply type whose children the mapping sees, and the child's name when zeep hands
-    a lone child back unwrapped (it does so for a wrapper of one element and no attributes)."""
+    a lone child back unwrapped (it does so for a wrapper of one element and no attributes,
+    and for a bare message of one simple-typed part)."""
+    lone = lone_part(op, "output")
+    if lone is not None:
+        return lone, lone.name
     body = getattr(op.output, "body", None)
     typ = getattr(body, "type", None)
     elems = list(getattr(typ, "elements", ()))
@@ -418,8 +478,12 @@ def render_envelope(wsdl: WsdlBinding, operation: str,
     from lxml import etree
     from zeep.exceptions import Error as ZeepError
 
+    args: tuple[Any, ...] = ()
+    lone = wsdl.lone_inputs.get(operation)
+    if lone is not None:  # zeep takes a lone simple part's value alone, not by name
+        args, kwargs = ((kwargs[lone],) if lone in kwargs else ()), {}
     try:
-        env, headers = wsdl.binding._create(operation, (), kwargs, client=wsdl.client,
+        env, headers = wsdl.binding._create(operation, args, kwargs, client=wsdl.client,
                                             options={"address": wsdl.address})
     except (ZeepError, TypeError, ValueError) as e:
         raise CallError(Code.INVALID_ARGUMENT, f"request does not fit the WSDL: {e}") from e

@@ -64,7 +64,11 @@ def array_item(zeep_type: Any) -> Any:
 
 
 def schema_elems(zeep_type: Any) -> tuple[Elem, ...]:
-    """A zeep complex type's child elements, one level (recursive types stay finite)."""
+    """A zeep complex type's child elements, one level (recursive types stay finite).
+    An xsd:any (zeep's `_value_N`) is never required: no field can feed elements of any name,
+    and the backend sends it empty (`backends.soap.optional_any`)."""
+    from zeep.xsd.elements import Any as AnyElement
+
     out = []
     for name, el in getattr(zeep_type, "elements", ()):
         sub = getattr(el, "type", None)
@@ -75,7 +79,8 @@ def schema_elems(zeep_type: Any) -> tuple[Elem, ...]:
             sub, many = item, True
         is_complex = bool(getattr(sub, "elements", None))
         out.append(Elem(name=name, required=getattr(el, "min_occurs", 1) >= 1
-                        and not getattr(el, "nillable", False) and item is None,
+                        and not getattr(el, "nillable", False) and item is None
+                        and not isinstance(el, AnyElement),
                         many=many, complex=sub if is_complex else None,
                         simple=None if is_complex else sub))
     return tuple(out)
