@@ -181,10 +181,7 @@ def _draining_port_class() -> Any:
     """`tcp.Port` that accepts what the kernel has queued right before it closes: closing a
     listener resets every connection the kernel completed but nobody accepted yet, so a
     client that connected a moment before SIGTERM would see ECONNRESET for a call the
-    sidecar could still serve. Built lazily: importing `twisted.internet.tcp` must not
-    happen before the reactor is installed."""
-    import select
-
+    sidecar could still serve. Built on first use, as the other reactor-side imports here."""
     from twisted.internet import tcp
 
     class DrainingPort(tcp.Port):  # type: ignore[misc]
@@ -192,11 +189,13 @@ def _draining_port_class() -> Any:
 
         def connectionLost(self, reason: Any) -> None:  # noqa: N802 - twisted's name
             before = self.sessionno
-            # bounded: a flood at that very moment must not hold the close back
+            # each doRead accepts until EAGAIN or its batch size; bounded, so that a flood at
+            # that very moment cannot hold the close back
             for _ in range(20):
-                if not select.select([self.socket], [], [], 0)[0]:
-                    break
+                last = self.sessionno
                 self.doRead()
+                if self.sessionno == last:
+                    break
             self.accepted_at_close = self.sessionno - before
             super().connectionLost(reason)
 
@@ -206,10 +205,11 @@ def _draining_port_class() -> Any:
 class HttpService(service.Service):
     """The JSON front's listener, and a graceful stop for it.
 
-    Stopping: close the listener (serving the connections it had queued), close idle keep-alive connections and mark busy ones to
-    close after their response, wait (up to the drain timeout) for requests in flight, then
-    close what is left gracefully: `loseConnection` sends buffered responses first, whereas
-    the reactor's own shutdown would drop a response still in a socket buffer.
+    Stopping: close the listener (serving the connections it had queued), close idle keep-alive
+    connections and mark busy ones to close after their response, wait (up to the drain
+    timeout) for requests in flight, then close what is left gracefully: `loseConnection`
+    sends buffered responses first, whereas the reactor's own shutdown would drop a response
+    still in a socket buffer.
     """
 
     def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float,
