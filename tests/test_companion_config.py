@@ -154,7 +154,9 @@ def test_a_missing_value_or_bad_template_keeps_the_old_file(tmp_path: Path) -> N
     assert r.poll() is True
     (tmp_path / "app.conf.tpl").write_text("port={port}\nhost={host}\n")  # host has no value
     assert r.poll() is False
-    assert r.last_error is not None and "host" in r.last_error
+    assert r.last_error is not None and "value 'host' is missing: no file 'host' in " in r.last_error
+    assert str(tmp_path / "values") in r.last_error and "(keys: port)" in r.last_error
+    assert "request field" not in r.last_error
     assert (tmp_path / "app.conf").read_text() == "port=7000\n"
     (tmp_path / "app.conf.tpl").write_text("port={port\n")
     assert r.poll() is False and "bad placeholder" in (r.last_error or "")

@@ -78,16 +78,27 @@ def read_values(folders: tuple[str, ...], settle: float = SETTLE) -> dict[str, s
 
 
 def render(template_path: str, values: Mapping[str, str], environ: Mapping[str, str],
-           settle: float = SETTLE) -> str:
+           settle: float = SETTLE, folders: tuple[str, ...] = ()) -> str:
+    """The template rendered with `values` (read from `folders`, named in the error for a
+    key that has no value file there)."""
     try:
         source = _read_settled(template_path, settle)
     except (OSError, UnicodeDecodeError) as e:
         raise RenderError(f"template {template_path}: {e}") from None
-    scope = Scope(request=None, groups=frozenset(values), env=environ, allow_meta=False, allow_claims=False)
+    # Every plain name is a value key: compiled against only the keys present, a missing one
+    # would fall through to the request-field lookup and say "no request field can be used".
+    scope = Scope(request=None, groups=_AnyKey(), env=environ, allow_meta=False, allow_claims=False)
     try:
-        return compile_template(source, scope).render(RenderContext(groups=values))
+        compiled = compile_template(source, scope)
     except TemplateError as e:
         raise RenderError(f"template {template_path}: {e}") from None
+    missing = sorted(compiled.groups_used - values.keys())
+    if missing:
+        where = ", ".join(folders) or "the values folders"
+        known = ", ".join(sorted(values)) or "none"
+        raise RenderError(f"template {template_path}: value {missing[0]!r} is missing: no file "
+                          f"{missing[0]!r} in {where} (keys: {known})")
+    return compiled.render(RenderContext(groups=values))
 
 
 class _AnyKey(frozenset[str]):
@@ -183,7 +194,7 @@ class ConfigRenderer:
         """True when the output was rewritten."""
         try:
             text = render(self.template, read_values(self.values, self.settle), self.environ,
-                          self.settle)
+                          self.settle, self.values)
         except Settling:
             return False  # a file is being written: the next poll renders what it holds then
         except RenderError as e:

@@ -177,13 +177,39 @@ class GrpcService(service.Service):
         return defer.Deferred.fromFuture(self.loop.create_task(self.front.stop(self.drain_timeout)))
 
 
+def _draining_port_class() -> Any:
+    """`tcp.Port` that accepts what the kernel has queued right before it closes: closing a
+    listener resets every connection the kernel completed but nobody accepted yet, so a
+    client that connected a moment before SIGTERM would see ECONNRESET for a call the
+    sidecar could still serve. Built on first use, as the other reactor-side imports here."""
+    from twisted.internet import tcp
+
+    class DrainingPort(tcp.Port):  # type: ignore[misc]
+        accepted_at_close = 0
+
+        def connectionLost(self, reason: Any) -> None:  # noqa: N802 - twisted's name
+            before = self.sessionno
+            # each doRead accepts until EAGAIN or its batch size; bounded, so that a flood at
+            # that very moment cannot hold the close back
+            for _ in range(20):
+                last = self.sessionno
+                self.doRead()
+                if self.sessionno == last:
+                    break
+            self.accepted_at_close = self.sessionno - before
+            super().connectionLost(reason)
+
+    return DrainingPort
+
+
 class HttpService(service.Service):
     """The JSON front's listener, and a graceful stop for it.
 
-    Stopping: close the listener, close idle keep-alive connections and mark busy ones to
-    close after their response, wait (up to the drain timeout) for requests in flight, then
-    close what is left gracefully: `loseConnection` sends buffered responses first, whereas
-    the reactor's own shutdown would drop a response still in a socket buffer.
+    Stopping: close the listener (serving the connections it had queued), close idle keep-alive
+    connections and mark busy ones to close after their response, wait (up to the drain
+    timeout) for requests in flight, then close what is left gracefully: `loseConnection`
+    sends buffered responses first, whereas the reactor's own shutdown would drop a response
+    still in a socket buffer.
     """
 
     def __init__(self, site: Any, listen: str, drain: Drain, drain_timeout: float,
@@ -197,6 +223,7 @@ class HttpService(service.Service):
         self.drain_timeout = drain_timeout
         self.what = f"the JSON front on {listen}"
         self.inflight = 0
+        self.requests_seen = 0
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self.idle_waiters: list[defer.Deferred[None]] = []
         self._track_requests()
@@ -212,6 +239,7 @@ class HttpService(service.Service):
 
             def process(self) -> Any:
                 svc.inflight += 1
+                svc.requests_seen += 1
                 self._counted = True
                 svc.channels.add(self.channel)
                 return super().process()
@@ -265,7 +293,10 @@ class HttpService(service.Service):
         with bind(self.listen, self.shared) as sock:
             sock.listen(50)
             sock.setblocking(False)
-            self.port = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+            # reactor.adoptStreamPort, with the Port class that accepts its queue at close
+            self.port = _draining_port_class()._fromListeningDescriptor(
+                reactor, sock.fileno(), sock.family, factory)
+            self.port.startListening()
 
     @defer.inlineCallbacks
     def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
@@ -276,7 +307,14 @@ class HttpService(service.Service):
         super().stopService()
         if self.port is None:
             return
+        seen = self.requests_seen
         yield defer.maybeDeferred(self.port.stopListening)
+        # the connections accepted at close: let their requests arrive (bounded), so that they
+        # count as in flight below instead of being closed as idle
+        fresh_end = time.monotonic() + 0.5
+        while (self.requests_seen - seen < self.port.accepted_at_close
+               and time.monotonic() < fresh_end):
+            yield task.deferLater(reactor, 0.01, lambda: None)
         for ch in list(self.channels):
             ch.persistent = False  # busy ones close once their response is written
             if not ch.requests:
