@@ -7,7 +7,7 @@ anything under a call in flight.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from random import getrandbits
 from typing import Any
@@ -16,6 +16,41 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ..mapping.operation import CallContext
+
+
+class LazyMeta(Mapping[str, str]):
+    """A call's metadata (lower-case names, text values), turned into a dict only when a
+    template or a backend reads it: most calls never do. Each front says how in `_build`."""
+
+    __slots__ = ("_raw", "_dict")
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._dict: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _get(self) -> dict[str, str]:
+        d = self._dict
+        if d is None:
+            d = self._dict = self._build()
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._get().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
 
 Invoke = Callable[[Any, CallContext, dict[str, Any]], "Deferred[Any]"]
 #: The outcome of a call: (message, None) or (None, the exception).

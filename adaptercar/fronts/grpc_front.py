@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from random import getrandbits
 from typing import Any
 
@@ -24,7 +24,7 @@ from .. import metrics
 from ..logs import INFO, log
 from ..mapping.errors import CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry, backend_ms, new_request_id
+from .calls import CurrentSet, LazyMeta, MethodEntry, backend_ms, new_request_id
 
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 _DEADLINE_SLACK = 0.1  # seconds: a cancellation this close to the deadline is the deadline
@@ -35,41 +35,13 @@ def _status(code: Code) -> grpc.StatusCode:
     return _GRPC_CODES[int(code)]
 
 
-def _meta(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    md = context.invocation_metadata() or ()
-    return {k.lower(): v for k, v in md if isinstance(v, str)}
+class GrpcMeta(LazyMeta):
+    """gRPC invocation metadata: the last value of a repeated key, text values only."""
 
+    __slots__ = ()
 
-class GrpcMeta(Mapping[str, str]):
-    """Call metadata as `_meta` would build it (lower-case keys, the last value of a repeated
-    key, text values only), built only when a template or a backend reads it."""
-
-    __slots__ = ("_md", "_dict")
-
-    def __init__(self, md: Any) -> None:
-        self._md = md or ()
-        self._dict: dict[str, str] | None = None
-
-    def _get(self) -> dict[str, str]:
-        d = self._dict
-        if d is None:
-            d = self._dict = {k.lower(): v for k, v in self._md if isinstance(v, str)}
-        return d
-
-    def __getitem__(self, key: str) -> str:
-        return self._get()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._get().get(key, default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __repr__(self) -> str:
-        return repr(self._get())
+    def _build(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self._raw or () if isinstance(v, str)}
 
 
 class _Malformed:
@@ -115,7 +87,7 @@ async def _serve(
     t0 = _monotonic()
     md = context.invocation_metadata()
     rid = ""
-    for k, v in md or ():  # what _meta(context).get("x-request-id") gives, without the dict
+    for k, v in md or ():  # what GrpcMeta(md).get("x-request-id") gives, without the dict
         if isinstance(v, str) and k.lower() == "x-request-id":
             rid = v
     if not rid:
@@ -196,7 +168,7 @@ async def _unimplemented(
 ) -> None:
     """Every method nobody serves: one access line like any call, then UNIMPLEMENTED.
     A stream handler, so it answers any call shape without reading the request."""
-    meta = _meta(context)
+    meta = GrpcMeta(context.invocation_metadata())
     rid = meta.get("x-request-id") or new_request_id()
     message = f"method {path} is not served here"
     metrics.recorder.request("grpc", "", "", Code.UNIMPLEMENTED.name, None)

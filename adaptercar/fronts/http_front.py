@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
 from random import getrandbits
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,7 +23,7 @@ from .. import metrics
 from ..logs import INFO, log
 from ..mapping.errors import HTTP_STATUS, CallError, Code
 from ..mapping.operation import CallContext
-from .calls import CurrentSet, MethodEntry, backend_ms
+from .calls import CurrentSet, LazyMeta, MethodEntry, backend_ms
 from .http_routes import Match, MethodNotAllowed, RequestError, build_request, parse_message
 from .json_codec import dumps
 
@@ -53,40 +52,14 @@ def error_body(code: Code, message: str) -> bytes:
     return json.dumps({"code": int(code), "message": message, "details": []}).encode()
 
 
-class HeaderMeta(Mapping[str, str]):
-    """A request's headers as call metadata (lower-case names, first value of each), built
-    only when a template or a backend reads it: most calls never do."""
+class HeaderMeta(LazyMeta):
+    """Request headers as call metadata: the first value of each."""
 
-    __slots__ = ("_headers", "_dict")
+    __slots__ = ()
 
-    def __init__(self, headers: Any) -> None:
-        self._headers = headers
-        self._dict: dict[str, str] | None = None
-
-    def _get(self) -> dict[str, str]:
-        d = self._dict
-        if d is None:
-            d = self._dict = {
-                k.decode("latin-1").lower(): vs[0].decode("latin-1")
-                for k, vs in self._headers.getAllRawHeaders()
-                if vs
-            }
-        return d
-
-    def __getitem__(self, key: str) -> str:
-        return self._get()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._get().get(key, default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    def __repr__(self) -> str:
-        return repr(self._get())
+    def _build(self) -> dict[str, str]:
+        return {k.decode("latin-1").lower(): vs[0].decode("latin-1")
+                for k, vs in self._raw.getAllRawHeaders() if vs}
 
 
 class JsonResource(resource.Resource):
