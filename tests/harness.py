@@ -264,3 +264,62 @@ def demo_like_config(ledger_address: str, **backend_overrides: Any) -> dict[str,
         "backends": {"ledger": ledger_backend(ledger_address, **backend_overrides)},
         "shutdown": {"drain_timeout": "5s"},
     }
+
+
+# The echo service over the ledger fixture's test commands (ECHO, EXTRA, SLOW, SILENT, BIG),
+# shared by the line-backend and hot-path tests.
+ECHO_PROTO = """\
+syntax = "proto3";
+package echo.v1;
+import "google/api/annotations.proto";
+
+service Echo {
+  rpc Echo(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/echo" body: "*"}; }
+  rpc Extra(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/extra" body: "*"}; }
+  rpc Slow(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/slow" body: "*"}; }
+  rpc Silent(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/silent" body: "*"}; }
+  rpc Hang(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/hang" body: "*"}; }
+  rpc Strict(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/strict" body: "*"}; }
+  rpc Big(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/big" body: "*"}; }
+}
+
+message EchoRequest {
+  string text = 1;
+  int32 ms = 2;
+  int32 n = 3;
+}
+
+message EchoReply {
+  string text = 1;
+}
+"""
+
+ECHO_MAPPING = """\
+service: echo.v1.Echo
+backend: ledger
+methods:
+  Echo:
+    idempotent: true
+    request: "ECHO {text}"
+    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
+  Extra:
+    request: "EXTRA ECHO {text}"
+    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
+  Slow:
+    request: "SLOW {ms} ECHO {text}"
+    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
+  Silent:
+    request: "SILENT"
+    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
+  Hang:
+    timeout: 1s                  # the method's own timeout, shorter than the backend's
+    request: "SILENT"
+    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
+  Strict:
+    # only lower-case words fit: anything else the fixture echoes is an unknown reply
+    request: "ECHO {text}"
+    response: [{match: '^OK (?P<text>[a-z]+)$', fields: {text: "{text}"}}]
+  Big:
+    request: "BIG {n}"
+    response: [{match: '^OK (?P<text>x*)$', fields: {text: "{text}"}}]
+"""

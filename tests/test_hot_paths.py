@@ -28,47 +28,18 @@ from twisted.internet.protocol import Protocol as TxProtocol
 
 from adaptercar.backends.line import _AioProtocol
 from adaptercar.protos import compile_protos
-from tests.harness import ROOT, Ledger, env_with_root, free_port, ledger_backend
+from tests.harness import (
+    ECHO_MAPPING,
+    ECHO_PROTO,
+    ROOT,
+    Ledger,
+    env_with_root,
+    free_port,
+    ledger_backend,
+)
 
 KV = ROOT / "benchmarks" / "kv"
 
-ECHO_PROTO = """\
-syntax = "proto3";
-package echo.v1;
-import "google/api/annotations.proto";
-
-service Echo {
-  rpc Slow(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/slow" body: "*"}; }
-  rpc Hang(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/hang" body: "*"}; }
-  rpc Echo(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/echo" body: "*"}; }
-}
-
-message EchoRequest {
-  string text = 1;
-  int32 ms = 2;
-}
-
-message EchoReply {
-  string text = 1;
-}
-"""
-
-ECHO_MAPPING = """\
-service: echo.v1.Echo
-backend: ledger
-methods:
-  Slow:
-    request: "SLOW {ms} ECHO {text}"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Hang:
-    timeout: 1s
-    request: "SILENT"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Echo:
-    idempotent: true
-    request: "ECHO {text}"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-"""
 
 
 def echo_config(tmp_path: Path, address: str, **line: Any) -> dict[str, Any]:

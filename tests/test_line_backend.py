@@ -25,66 +25,18 @@ import grpc
 import pytest
 
 from adaptercar.protos import ProtoSet, compile_protos
-from tests.harness import ROOT, Ledger, Sidecar, demo_like_config, free_port, start_ledger
+from tests.harness import (
+    ECHO_MAPPING,
+    ECHO_PROTO,
+    ROOT,
+    Ledger,
+    Sidecar,
+    demo_like_config,
+    free_port,
+    start_ledger,
+)
 
-# --- an Echo service over the fixture's test commands ------------------------------------------
-
-ECHO_PROTO = """\
-syntax = "proto3";
-package echo.v1;
-import "google/api/annotations.proto";
-
-service Echo {
-  rpc Echo(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/echo" body: "*"}; }
-  rpc Extra(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/extra" body: "*"}; }
-  rpc Slow(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/slow" body: "*"}; }
-  rpc Silent(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/silent" body: "*"}; }
-  rpc Hang(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/hang" body: "*"}; }
-  rpc Strict(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/strict" body: "*"}; }
-  rpc Big(EchoRequest) returns (EchoReply) { option (google.api.http) = {post: "/v1/big" body: "*"}; }
-}
-
-message EchoRequest {
-  string text = 1;
-  int32 ms = 2;
-  int32 n = 3;
-}
-
-message EchoReply {
-  string text = 1;
-}
-"""
-
-ECHO_MAPPING = """\
-service: echo.v1.Echo
-backend: ledger
-methods:
-  Echo:
-    idempotent: true
-    request: "ECHO {text}"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Extra:
-    request: "EXTRA ECHO {text}"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Slow:
-    request: "SLOW {ms} ECHO {text}"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Silent:
-    request: "SILENT"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Hang:
-    timeout: 1s                  # the method's own timeout, shorter than the backend's
-    request: "SILENT"
-    response: [{match: '^OK (?P<text>.*)$', fields: {text: "{text}"}}]
-  Strict:
-    # only lower-case words fit: anything else the fixture echoes is an unknown reply
-    request: "ECHO {text}"
-    response: [{match: '^OK (?P<text>[a-z]+)$', fields: {text: "{text}"}}]
-  Big:
-    request: "BIG {n}"
-    response: [{match: '^OK (?P<text>x*)$', fields: {text: "{text}"}}]
-"""
-
+# --- an Echo service over the fixture's test commands (ECHO_PROTO, ECHO_MAPPING: harness) -----
 
 @dataclass(frozen=True)
 class EchoFiles:
