@@ -737,7 +737,7 @@ class LinePool:
                 conn.closed = True
                 conn._t().loseConnection()
             return
-        if self._recycles:
+        if self._recycles or conn.retiring:
             self._recycle_if_old(conn)
         if self.waiting and not conn.closed:
             self._dispatch_to(conn)
@@ -749,7 +749,7 @@ class LinePool:
         if conn.retiring and not conn.inflight:
             conn.abort("restart requested", "restart")
             return
-        if conn.inflight or conn.closed or (spec.max_age is None and spec.idle_timeout is None):
+        if conn.inflight or conn.closed or not self._recycles:
             return
         now = time.monotonic()
         if spec.max_age is not None and now - conn.born > spec.max_age:

@@ -294,7 +294,6 @@ class SoapBackend:
         self.spec = spec
         self.wsdl = wsdl
         self.reactor: Any = reactor
-        self.url = wsdl.address.encode()
         self.probe_ok: bool | None = None  # None: not probed yet
         self._loop: Any = None
         self.auth: tuple[tuple[str, str], ...] = ()
@@ -376,20 +375,6 @@ class SoapBackend:
             except Fallback:
                 pass
         return render_envelope(self.wsdl, operation, kwargs)
-
-    def call(self, operation: str, kwargs: dict[str, Any], timeout: float,
-             extra_headers: dict[str, str], idempotent: bool = False) -> defer.Deferred[Any]:
-        """`start`, as a Deferred."""
-        result: defer.Deferred[Any] = defer.Deferred()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            if err is None:
-                result.callback(value)
-            else:
-                result.errback(Failure(err))
-
-        self.start_call(operation, kwargs, timeout, extra_headers, idempotent, done)
-        return result
 
     def start_call(self, operation: str, kwargs: dict[str, Any], timeout: float,
                    extra_headers: dict[str, str], idempotent: bool,

@@ -150,9 +150,7 @@ class ReplyReader:
 
     def _start_body(self, rule: Rule, groups: dict[str, str]) -> None:
         assert rule.body is not None
-        length = rule.body.length
-        ref = length.group_ref
-        text = groups.get(ref, "") if ref is not None else self._render(length, groups)
+        text = self._render(rule.body.length, groups)
         try:
             n = int(text)
             if n < 0:

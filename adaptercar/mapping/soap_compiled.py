@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,17 +262,22 @@ class CompiledOperation:
     unwrap: tuple[str, ...]  # zeep hands back a lone child of the reply wrapper unwrapped
     soap_ns: str
 
+    @functools.cached_property
+    def body_tag(self) -> str:
+        return f"{{{self.soap_ns}}}Body"
+
     def envelope(self, kwargs: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         out = [self.head]
         self.body.write(kwargs, out)
         out.append(self.tail)
-        return "".join(out).encode(), dict(self.headers)
+        return "".join(out).encode(), self.headers  # read only by callers
 
     def result(self, envelope: Any) -> Any:
         """The envelope as `read_reply` returns it (namespace normalised) → zeep's value."""
         body = None
+        body_tag = self.body_tag
         for c in envelope:
-            if c.tag == f"{{{self.soap_ns}}}Body":
+            if c.tag == body_tag:
                 body = c
                 break
         if body is None:

@@ -238,7 +238,6 @@ class _ReqField:
     elem: str
     required: bool
     repeated: bool
-    is_message: bool
     sub: RequestPlan | None
     conv: Callable[[Any], Any]
     has_presence: bool
@@ -319,7 +318,7 @@ def compile_request(desc: Descriptor, zeep_type: Any, where: str,
                                        f"{el.name!r} is a simple type")
             sub = compile_request(_msg_type(fd), el.complex, f"{where}.{el.name}", memo, literals)
         fields.append(_ReqField(
-            attr=fd.name, elem=el.name, required=el.required, repeated=repeated, is_message=is_msg,
+            attr=fd.name, elem=el.name, required=el.required, repeated=repeated,
             sub=sub, conv=_scalar_conv(fd, el, literals, fd.name), has_presence=not repeated and fd.has_presence,
             is_string=fd.type == FieldDescriptor.TYPE_STRING))
     missing = [e.name for e in elems if e.required and e.name not in used]
