@@ -966,7 +966,8 @@ def _authenticated(invoke: Any, verifier: Any, mode: str) -> Any:
         except CallError as e:
             info["auth_error"] = getattr(e, "reason", "")
             raise
-        return inner(request, replace(ctx, claims=claims), info, done)
+        authed = CallContext.of(ctx.meta, ctx.deadline, ctx.request_id, claims)
+        return inner(request, authed, info, done)
 
     return CallbackInvoke(start)
 

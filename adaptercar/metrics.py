@@ -73,11 +73,6 @@ class _Hist:
         self.buckets = [0] * (len(_BOUNDS) + 1)  # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, v: float) -> None:
-        self.sum += v
-        # the first bound >= v (le semantics); past the last bound, the +Inf bucket
-        self.buckets[bisect_left(_BOUNDS, v)] += 1
-
 
 FLUSH_EVERY = 0.5
 

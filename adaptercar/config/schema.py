@@ -392,12 +392,12 @@ class SoapBackend(Strict):
     pool: Pool = Field(default_factory=Pool)
     max_reply_bytes: PositiveInt = MiB
     max_concurrency: PositiveInt | None = None
-    tls: ClientTls | None = None
-    """For an https:// endpoint; without it, https uses the system's CAs."""
     """Calls running at once per worker, then `queue`; None: pool.size when `queue` is set,
     else calls are not bounded."""
     queue: NonNegativeInt | None = None
     """Calls waiting for a slot per worker, then RESOURCE_EXHAUSTED; None: pool.max_waiting."""
+    tls: ClientTls | None = None
+    """For an https:// endpoint; without it, https uses the system's CAs."""
 
     @model_validator(mode="after")
     def _check_endpoint(self) -> SoapBackend:

@@ -43,11 +43,6 @@ def parse_grpc_timeout(value: str) -> float | None:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
-def to_json(msg: Any) -> dict[str, Any]:
-    """grpc-gateway v2 style: lowerCamel names, default values included, int64 as strings."""
-    return json_format.MessageToDict(msg, always_print_fields_with_no_presence=True)  # type: ignore[no-any-return]
-
-
 def error_body(code: Code, message: str) -> bytes:
     return json.dumps({"code": int(code), "message": message, "details": []}).encode()
 

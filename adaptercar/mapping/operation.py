@@ -44,11 +44,14 @@ class CallContext:
     request_id: str = ""
 
     @classmethod
-    def of(cls, meta: Mapping[str, str], deadline: float | None, request_id: str) -> CallContext:
+    def of(cls, meta: Mapping[str, str], deadline: float | None, request_id: str,
+           claims: dict[str, Any] | None = None) -> CallContext:
         """What the fronts build per call: `CallContext(meta=..., deadline=..., request_id=...)`
-        without the frozen dataclass's one object.__setattr__ per field."""
+        without the frozen dataclass's one object.__setattr__ per field (nor `replace`'s
+        field introspection, where a call's context gains claims or a deadline)."""
         ctx = object.__new__(cls)
-        ctx.__dict__.update(meta=meta, claims={}, deadline=deadline, request_id=request_id)
+        ctx.__dict__.update(meta=meta, claims={} if claims is None else claims, deadline=deadline,
+                            request_id=request_id)
         return ctx
 
 
