@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +269,7 @@ def import_wsdl(wsdl: str, package: str, out: Path, service: str | None = None,
     except WsdlError as e:
         if "no http(s) address" not in str(e):
             raise ImportError_(str(e)) from e
-        bound = load_wsdl(SoapSpec(**{**spec.__dict__, "endpoint": "http://127.0.0.1:8080/"}),
+        bound = load_wsdl(replace(spec, endpoint="http://127.0.0.1:8080/"),
                           first_service=True)
         result.warnings.append("the port has no http(s) address: set the endpoint in adaptercar.yaml")
     name = snake(bound.service)

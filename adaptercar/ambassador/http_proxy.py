@@ -45,7 +45,6 @@ class Outcome:
 
     key: str | int
     response: IResponse | None = None
-    endpoint: str = ""
 
     @property
     def breaker_failure(self) -> bool:
@@ -203,7 +202,6 @@ class ProxyResource(resource.Resource):
     async def _try(self, request: server.Request, ep: Endpoint, path: bytes, headers: Headers,
                    state: _CallState) -> Outcome:
         route = self.route
-        key = ep.key
         producer = state.body.reader_for_try() if state.body is not None else None
         d = self.upstreams.request(request.method, ep, path, headers, producer)
         timed_out = False
@@ -239,16 +237,16 @@ class ProxyResource(resource.Resource):
                 state.expired = True
                 raise defer.CancelledError() from e
             if timed_out:
-                return Outcome(TIMEOUT_STATUS, endpoint=key)
+                return Outcome(TIMEOUT_STATUS)
             if isinstance(e, _CONNECT_ERRORS):
-                return Outcome(CONNECT_FAILURE, endpoint=key)
+                return Outcome(CONNECT_FAILURE)
             if isinstance(e, _RESET_ERRORS):
-                return Outcome(RESET, endpoint=key)
+                return Outcome(RESET)
             raise
         finally:
             if timer is not None and timer.active():
                 timer.cancel()
-        return Outcome(resp.code, resp, key)
+        return Outcome(resp.code, resp)
 
     @staticmethod
     def _drain(out: Outcome) -> None:
@@ -260,10 +258,8 @@ class ProxyResource(resource.Resource):
     async def _forward(self, request: server.Request, out: Outcome, reason: str | None = None,
                        state: _CallState | None = None) -> None:
         if out.response is None:
-            if out.key == TIMEOUT_STATUS and reason:  # the budget refused to retry a timeout
-                self._fail(request, 504, reason)
-            elif out.key == TIMEOUT_STATUS:  # the last try ran out of per_try_timeout
-                self._fail(request, 504, "deadline")
+            if out.key == TIMEOUT_STATUS:  # the last try ran out of per_try_timeout, or the
+                self._fail(request, 504, reason or "deadline")  # budget refused to retry it
             else:
                 self._fail(request, 503, reason or "upstream-unavailable")
             return

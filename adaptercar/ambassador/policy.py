@@ -39,7 +39,7 @@ class RetryPolicy:
         self.on_status = frozenset(int(c) for c in on if isinstance(c, int))
         self.methods = frozenset(cfg.methods)
 
-    def reason(self, method: str, outcome: str | int, request_sent: bool = True) -> str | None:
+    def reason(self, method: str, outcome: str | int) -> str | None:
         """The retry reason for this outcome, or None when it must not be retried.
 
         Connect failures are retried for any method (nothing reached the upstream); everything

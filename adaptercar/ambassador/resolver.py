@@ -16,8 +16,8 @@ import dns.nameserver
 import dns.resolver
 from twisted.internet import defer
 
+from ..config.schema import split_host_port
 from ..logs import log
-from .route import split_host_port
 from .selection import Endpoint
 
 _EMPTY = (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer)
@@ -29,16 +29,11 @@ def make_resolver(cfg: Any) -> dns.asyncresolver.Resolver:
         r = dns.asyncresolver.Resolver()
     else:
         r = dns.asyncresolver.Resolver(configure=False)
-        r.nameservers = [dns.nameserver.Do53Nameserver(*_ns(ns)) for ns in cfg.nameservers]
+        r.nameservers = [dns.nameserver.Do53Nameserver(*split_host_port(ns)) for ns in cfg.nameservers]
     timeout = float(cfg.timeout) if cfg is not None else 2.0
     r.lifetime = timeout
     r.timeout = timeout
     return r
-
-
-def _ns(value: str) -> tuple[str, int]:
-    host, port = split_host_port(value)
-    return host, port
 
 
 async def _addresses(r: dns.asyncresolver.Resolver, name: str) -> tuple[list[str], float]:

@@ -14,16 +14,12 @@ from typing import Any
 from twisted.internet import defer
 
 from .. import metrics
+from ..config.schema import split_host_port
 from ..logs import log
 from .breaker import EndpointBreaker
 from .discovery import Discovery
 from .policy import RetryBudget, RetryPolicy
 from .selection import Endpoint, choose
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _static(addr: str) -> Endpoint:

@@ -19,11 +19,12 @@ class Endpoint:
     weight: int = 1
     name: str = field(default="", compare=False)
     """The name it was found under (SRV target, `dns:` host, static host), for `host_header`."""
+    key: str = field(init=False, repr=False, compare=False)
+    """Identity across refreshes (a changed weight keeps the endpoint's breaker); built once,
+    as selection, breakers and the upstream client read it on every try."""
 
-    @property
-    def key(self) -> str:
-        """Identity across refreshes: a changed weight keeps the endpoint's breaker."""
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.host}:{self.port}")
 
     @property
     def authority(self) -> bytes:

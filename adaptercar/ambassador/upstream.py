@@ -71,10 +71,3 @@ class UpstreamClient:
 
         d: defer.Deferred[Any] = self.pool.getConnection(key, endpoint)
         return d.addCallback(connected)
-
-    def forget(self, keys: set[str]) -> None:
-        """Drop what is cached for endpoints no longer discovered (their pooled connections
-        close by the pool's idle timeout)."""
-        for k in list(self._known):
-            if k not in keys:
-                del self._known[k]
