@@ -31,6 +31,11 @@ class LazyMeta(Mapping[str, str]):
     def _build(self) -> dict[str, str]:
         raise NotImplementedError
 
+    def _one(self, key: str, default: Any) -> Any:
+        """What `_build()[key]` would be, without building the rest: the sidecar itself reads
+        one key per call (traceparent, authorization)."""
+        raise NotImplementedError
+
     def _get(self) -> dict[str, str]:
         d = self._dict
         if d is None:
@@ -41,7 +46,8 @@ class LazyMeta(Mapping[str, str]):
         return self._get()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._get().get(key, default)
+        d = self._dict
+        return self._one(key, default) if d is None else d.get(key, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._get())

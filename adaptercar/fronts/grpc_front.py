@@ -43,6 +43,13 @@ class GrpcMeta(LazyMeta):
     def _build(self) -> dict[str, str]:
         return {k.lower(): v for k, v in self._raw or () if isinstance(v, str)}
 
+    def _one(self, key: str, default: Any) -> Any:
+        found = default
+        for k, v in self._raw or ():
+            if isinstance(v, str) and k.lower() == key:
+                found = v  # the last one, as in the dict
+        return found
+
 
 class _Malformed:
     """A request whose bytes are not the method's message. grpc would answer a deserializer's
@@ -85,16 +92,11 @@ async def _serve(
 ) -> Any:
     """One call, from request to reply or abort (a partial: no closure per set and method)."""
     t0 = _monotonic()
-    md = context.invocation_metadata()
-    rid = ""
-    for k, v in md or ():  # what GrpcMeta(md).get("x-request-id") gives, without the dict
-        if isinstance(v, str) and k.lower() == "x-request-id":
-            rid = v
-    if not rid:
-        rid = getrandbits(64).to_bytes(8, "big").hex()  # new_request_id(), inline
+    meta = GrpcMeta(context.invocation_metadata())
+    rid = meta.get("x-request-id") or getrandbits(64).to_bytes(8, "big").hex()  # new_request_id()
     remaining = context.time_remaining()
     deadline = t0 + remaining if remaining is not None else None
-    ctx = CallContext.of(GrpcMeta(md), deadline, rid)
+    ctx = CallContext.of(meta, deadline, rid)
     code = Code.OK
     message = ""
     reply: Any = None

@@ -56,6 +56,15 @@ class HeaderMeta(LazyMeta):
         return {k.decode("latin-1").lower(): vs[0].decode("latin-1")
                 for k, vs in self._raw.getAllRawHeaders() if vs}
 
+    def _one(self, key: str, default: Any) -> Any:
+        if key != key.lower():
+            return default  # the dict's keys are lower-case; twisted's lookup is not
+        try:
+            vs = self._raw.getRawHeaders(key.encode("latin-1"))
+        except ValueError:  # not encodable, or not a header name (InvalidHeaderName): absent
+            return default
+        return vs[0].decode("latin-1") if vs else default
+
 
 class JsonResource(resource.Resource):
     isLeaf = True
