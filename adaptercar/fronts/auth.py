@@ -34,6 +34,12 @@ class Verifier:
     keys_by_kid: dict[str, Any] = field(default_factory=dict)
     single_key: Any = None
     default: str = "required"
+    _options: dict[str, Any] = field(init=False, repr=False)
+    _algorithms: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._options = {"require": ["exp"], "verify_aud": self.audience is not None}
+        self._algorithms = list(self.algorithms)
 
     def verify(self, authorization: str | None) -> dict[str, Any]:
         """Claims of a valid bearer token; raises CallError(UNAUTHENTICATED, reason in
@@ -46,10 +52,9 @@ class Verifier:
         token = token.strip()
         try:
             key = self._key_for(token)
-            options = {"require": ["exp"], "verify_aud": self.audience is not None}
             claims: dict[str, Any] = jwt.decode(
-                token, key=key, algorithms=list(self.algorithms), issuer=self.issuer,
-                audience=self.audience, leeway=self.leeway, options=options,  # type: ignore[arg-type]
+                token, key=key, algorithms=self._algorithms, issuer=self.issuer,
+                audience=self.audience, leeway=self.leeway, options=self._options,  # type: ignore[arg-type]
             )
         except (jwt.PyJWTError, TypeError, ValueError) as e:
             # pyjwt raises TypeError when the token's alg does not fit the key's type
@@ -91,7 +96,13 @@ def load_verifier(auth_cfg: Any) -> Verifier:
     except OSError as e:
         raise AuthConfigError(f"cannot read {j.keys}: {e.strerror}") from None
     if "-----BEGIN" in text:
-        v.single_key = text  # a PEM public key
+        # a PEM public key, parsed once: given the text, pyjwt parses it again on every call
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            v.single_key = load_pem_public_key(text.encode())
+        except ValueError:
+            v.single_key = text  # not one cryptography reads as a public key: pyjwt decides
         return v
     try:
         jwks = json.loads(text)
