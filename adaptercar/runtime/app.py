@@ -108,17 +108,25 @@ class Runtime:
                 self.front_tls["http"] = ReloadableServerTls(self.loaded.tls["http"])
             HttpService(make_site(self.current, cfg.http.max_body_bytes, cfg.http), cfg.http.listen, self.drain,
                         drain_timeout, self.front_tls.get("http"), self.shared_port).setServiceParent(top)
-        if "ambassador" in self.roles and cfg.ambassador:
+        for role in ("ambassador", "companion"):
+            duty = self._duty(role, cfg) if role in self.roles else None
+            if duty is not None:
+                setattr(self, role, duty)
+                duty.setServiceParent(top)
+        return top
+
+    def _duty(self, role: str, cfg: Any) -> Any:
+        """The service of the ambassador or companion role for this config; None when the
+        config has none."""
+        if role == "ambassador" and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
 
-            self.ambassador = AmbassadorService(cfg.ambassador, self.reactor)
-            self.ambassador.setServiceParent(top)
-        if "companion" in self.roles and cfg.companion is not None:
+            return AmbassadorService(cfg.ambassador, self.reactor)
+        if role == "companion" and cfg.companion is not None:
             from ..companion.service import CompanionService
 
-            self.companion = CompanionService(cfg.companion, self.loaded.specs, self.reactor)
-            self.companion.setServiceParent(top)
-        return top
+            return CompanionService(cfg.companion, self.loaded.specs, self.reactor)
+        return None
 
     @defer.inlineCallbacks
     def rebuild_duties(self, old: Any, new: Any) -> Any:
@@ -138,15 +146,8 @@ class Runtime:
             if current is not None:
                 yield defer.maybeDeferred(current.disownServiceParent)
                 setattr(self, role, None)
-            if role == "ambassador" and new.ambassador:
-                from ..ambassador.service import AmbassadorService
-
-                replacement: Any = AmbassadorService(new.ambassador, self.reactor)
-            elif role == "companion" and new.companion is not None:
-                from ..companion.service import CompanionService
-
-                replacement = CompanionService(new.companion, self.loaded.specs, self.reactor)
-            else:
+            replacement = self._duty(role, new)
+            if replacement is None:
                 continue
             try:
                 replacement.setServiceParent(self.top)
