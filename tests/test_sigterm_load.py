@@ -7,7 +7,8 @@ well within its drain timeout.
 kind of call can race the signal and fail without ever reaching them (see RACED below): a gRPC
 call that grpc-core had received but grpc.aio had not yet handed over is ended CANCELLED by
 grpc-core's shutdown (grpc/grpc#41785). A JSON connection the kernel had completed but the
-front had not yet accepted is accepted and served when the listener closes, never reset.
+front had not yet accepted is accepted and served when the listener closes, never reset; one
+that connects at the very instant the listener closes is refused (after its SYN retry).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def _refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except TimeoutError:  # a SYN dropped while the listener closes: refused at its retry
+        return False
 
 
 def _http_call(sc: Sidecar, path: str, want: dict[str, Any]) -> str:

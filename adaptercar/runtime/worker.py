@@ -23,6 +23,11 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
+# How long a stopping JSON listener goes on accepting after it refuses new handshakes: those
+# already under way (SYN answered, ACK not yet in) complete meanwhile; loopback and in-cluster
+# round trips are far shorter
+HANDSHAKE_SETTLE = 0.05
+
 
 class Drain:
     """Counts calls in flight so shutdown can wait for them (bounded by drain_timeout)."""
@@ -178,17 +183,25 @@ class GrpcService(service.Service):
 
 
 def _draining_port_class() -> Any:
-    """`tcp.Port` that accepts what the kernel has queued right before it closes: closing a
-    listener resets every connection the kernel completed but nobody accepted yet, so a
-    client that connected a moment before SIGTERM would see ECONNRESET for a call the
-    sidecar could still serve. Built on first use, as the other reactor-side imports here."""
+    """`tcp.Port` that closes without resetting a connection: closing a listener resets every
+    connection the kernel completed but nobody accepted yet, so a client that connected a
+    moment before SIGTERM would see ECONNRESET for a call the sidecar could still serve.
+    At stop it refuses new handshakes (see handshakes.py), keeps accepting for a moment while
+    the handshakes under way complete, then accepts what is queued and closes at once.
+    Built on first use, as the other reactor-side imports here."""
     from twisted.internet import tcp
 
+    from .handshakes import refuse_new_handshakes
+
     class DrainingPort(tcp.Port):  # type: ignore[misc]
-        accepted_at_close = 0
+        def loseConnection(self, *args: Any) -> Any:  # noqa: N802 - twisted's name
+            if not refuse_new_handshakes(self.socket):
+                return super().loseConnection(*args)
+            return task.deferLater(self.reactor, HANDSHAKE_SETTLE, super().loseConnection, *args)
+
+        stopListening = loseConnection  # noqa: N815 - twisted's name, bound to its own otherwise
 
         def connectionLost(self, reason: Any) -> None:  # noqa: N802 - twisted's name
-            before = self.sessionno
             # each doRead accepts until EAGAIN or its batch size; bounded, so that a flood at
             # that very moment cannot hold the close back
             for _ in range(20):
@@ -196,7 +209,9 @@ def _draining_port_class() -> Any:
                 self.doRead()
                 if self.sessionno == last:
                     break
-            self.accepted_at_close = self.sessionno - before
+            # closed at once, before Twisted logs (without the filter, a connection completed
+            # in between would be reset); Twisted's own close is then a no-op
+            self.socket.close()
             super().connectionLost(reason)
 
     return DrainingPort
@@ -223,8 +238,10 @@ class HttpService(service.Service):
         self.drain_timeout = drain_timeout
         self.what = f"the JSON front on {listen}"
         self.inflight = 0
-        self.requests_seen = 0
+        # every connection, from its accept: one closed with a request still unread in its
+        # socket buffer is reset, so a drain must tell a fresh one from an idle keep-alive one
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.used: weakref.WeakSet[Any] = weakref.WeakSet()  # those that began a request
         self.idle_waiters: list[defer.Deferred[None]] = []
         self._track_requests()
 
@@ -233,15 +250,23 @@ class HttpService(service.Service):
         and a WeakSet add per request, nothing per byte."""
         svc = self
         base: Any = self.site.requestFactory
+        build = self.site.buildProtocol
+
+        def build_protocol(addr: Any) -> Any:
+            channel = build(addr)
+            if channel is not None:
+                svc.channels.add(channel)
+            return channel
+
+        self.site.buildProtocol = build_protocol
 
         class Tracked(base):  # type: ignore[misc, valid-type]
             _counted = False
 
             def process(self) -> Any:
                 svc.inflight += 1
-                svc.requests_seen += 1
                 self._counted = True
-                svc.channels.add(self.channel)
+                svc.used.add(self.channel)
                 return super().process()
 
             def _done(self) -> None:
@@ -298,6 +323,11 @@ class HttpService(service.Service):
                 reactor, sock.fileno(), sock.family, factory)
             self.port.startListening()
 
+    def _fresh(self, ch: Any) -> bool:
+        """Connected, and no request begun yet."""
+        return (ch.transport is not None and ch.transport.connected
+                and not ch.requests and ch not in self.used)
+
     @defer.inlineCallbacks
     def stopService(self) -> Generator[Any, Any, None]:  # noqa: N802 - twisted's name
         from twisted.internet import reactor as _reactor
@@ -307,18 +337,19 @@ class HttpService(service.Service):
         super().stopService()
         if self.port is None:
             return
-        seen = self.requests_seen
         yield defer.maybeDeferred(self.port.stopListening)
-        # the connections accepted at close: let their requests arrive (bounded), so that they
-        # count as in flight below instead of being closed as idle
+        # connections accepted but not yet read (those accepted at close among them): let their
+        # first request arrive (bounded), so that it is served instead of reset as idle
         fresh_end = time.monotonic() + 0.5
-        while (self.requests_seen - seen < self.port.accepted_at_close
-               and time.monotonic() < fresh_end):
+        while time.monotonic() < fresh_end and any(
+                self._fresh(ch) for ch in list(self.channels)):
             yield task.deferLater(reactor, 0.01, lambda: None)
+        with open("/tmp/drain-debug.log", "a") as _f:
+            _f.write(f"{os.getpid()} {time.time():.6f} fresh after wait {sum(self._fresh(c) for c in list(self.channels))} of {len(self.channels)}; busy {sum(bool(c.requests) for c in list(self.channels))}\n")
         for ch in list(self.channels):
             ch.persistent = False  # busy ones close once their response is written
             if not ch.requests:
-                ch.loseConnection()  # idle keep-alive: nothing to wait for
+                ch.loseConnection()  # idle keep-alive, or silent past the wait above
         drained = defer.DeferredList([self._requests_idle(), self.drain.idle()])
         drained.addTimeout(self.drain_timeout, reactor)
         try:
