@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,20 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+          every: float = 0.05) -> Any:
+    """Poll until check() is truthy and return its value: what the sidecar does in the
+    background (a reload, a restart, a log line) shows up after a while, not at once."""
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"not {what} after {timeout}s (last: {value!r})")
+        time.sleep(every)
 
 
 _GIVEN: set[int] = set()

@@ -8,11 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Ledger, Sidecar, demo_like_config, start_ledger
+from tests.harness import Ledger, Sidecar, demo_like_config, start_ledger, until
 
 TOTAL = 10_000
 RENAME_AT = 3_000
@@ -67,15 +66,6 @@ print("done", flush=True)
 """
 
 
-def _until(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def _legacy_count(sc: Sidecar) -> int:
@@ -103,7 +93,7 @@ def test_ten_thousand_lines_rotated_twice_come_out_once_in_order_as_json(sidecar
     assert writer.stdin is not None and writer.stdout is not None
     try:
         assert writer.stdout.readline() == "paused\n"
-        _until(f"the first {TRUNCATE_AT} lines on stdout", lambda: _legacy_count(sc) >= TRUNCATE_AT)
+        until(lambda: _legacy_count(sc) >= TRUNCATE_AT, 20, f"the first {TRUNCATE_AT} lines on stdout")
         writer.stdin.write("go\n")
         writer.stdin.flush()
         assert writer.stdout.readline() == "done\n"
@@ -112,7 +102,7 @@ def test_ten_thousand_lines_rotated_twice_come_out_once_in_order_as_json(sidecar
         if writer.poll() is None:
             writer.kill()
             writer.wait()
-    _until(f"{TOTAL} lines on stdout", lambda: _legacy_count(sc) >= TOTAL)
+    until(lambda: _legacy_count(sc) >= TOTAL, 20, f"{TOTAL} lines on stdout")
     time.sleep(1.0)  # and none comes twice, late
     elapsed = time.monotonic() - t0
     recs = [r for r in sc.log_records() if r.get("event") == "legacy_log"]
@@ -148,17 +138,17 @@ def test_stats_up_flips_to_zero_when_the_ledger_stops_and_back_to_one_when_it_re
     def up() -> float:
         return sc.metric_value("adaptercar_companion_stats_up", backend="ledger")
 
-    _until("stats_up 1", lambda: up() == 1 and sc.metric_value("legacy_uptime_seconds", backend="ledger") >= 1.0)
+    until(lambda: up() == 1 and sc.metric_value("legacy_uptime_seconds", backend="ledger") >= 1.0, 20, "stats_up 1")
     before = sc.metric_value("legacy_uptime_seconds", backend="ledger")
     port = ledger.port
     ledger.stop()
-    _until("stats_up 0 after the ledger stopped", lambda: up() == 0)
+    until(lambda: up() == 0, 20, "stats_up 0 after the ledger stopped")
     assert sc.metric_value("legacy_accounts", backend="ledger") == 3  # the last value is kept
     again = start_ledger(tmp_path, port=port)
     try:
-        _until("stats_up back to 1 after the ledger returned on the same port", lambda: up() == 1)
+        until(lambda: up() == 1, 20, "stats_up back to 1 after the ledger returned on the same port")
         # the polls reach the new process: its uptime started again from zero
-        _until("the new ledger's uptime", lambda: sc.metric_value("legacy_uptime_seconds", backend="ledger") < before)
+        until(lambda: sc.metric_value("legacy_uptime_seconds", backend="ledger") < before, 20, "the new ledger's uptime")
         assert sc.metric_value("legacy_accounts", backend="ledger") == 3
         assert sc.stop() == 0
     finally:

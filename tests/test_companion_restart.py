@@ -13,25 +13,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import ROOT, Ledger, Sidecar, demo_like_config
+from tests.harness import ROOT, Ledger, Sidecar, demo_like_config, until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX children and signals")
 
 
-def _until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not met in {timeout}s")
 
 
 def _set(folder: Path, key: str, value: str) -> None:
@@ -79,7 +70,7 @@ def test_a_values_change_restarts_the_children_and_the_next_calls_see_it(
         sidecars: Any, tmp_path: Path, single_process: bool) -> None:
     sc: Sidecar = sidecars(_config(tmp_path), single_process=single_process)
     assert _unit(sc) == 1250
-    before = _until(lambda: (c := _children(sc)) and len(c) == (2 if single_process else 4) and c,
+    before = until(lambda: (c := _children(sc)) and len(c) == (2 if single_process else 4) and c,
                     what="every worker's children reported")
     failures: list[str] = []
     stop = threading.Event()
@@ -95,16 +86,16 @@ def test_a_values_change_restarts_the_children_and_the_next_calls_see_it(
     caller.start()
     try:
         _set(tmp_path / "values", "widget", "2000")
-        _until(lambda: _unit(sc) == 2000, what="the new price served")
+        until(lambda: _unit(sc) == 2000, what="the new price served")
         # an old child busy at the restart answers its call, then goes: soon every call is new
-        _until(lambda: all(_unit(sc) == 2000 for _ in range(8)), what="only new children answer")
+        until(lambda: all(_unit(sc) == 2000 for _ in range(8)), what="only new children answer")
     finally:
         stop.set()
         caller.join(10)
     assert failures == []
     assert (tmp_path / "rates.txt").read_text() == "WIDGET 2000\nGADGET 9999\n"
     # every worker's children were replaced (the gRPC worker's too, which served no call here)
-    _until(lambda: (c := _children(sc)) and len(c) == len(before) and not c & before,
+    until(lambda: (c := _children(sc)) and len(c) == len(before) and not c & before,
            what=f"children {before} all replaced")
     restarts = [r for r in sc.log_records() if r.get("event") == "backend_restart"]
     assert restarts and all(r["backend"] == "ratequote" for r in restarts)
@@ -124,10 +115,10 @@ def test_restarting_a_line_backend_reconnects_its_pool(ledger: Ledger, sidecars:
                                     "output": str(tmp_path / "app.conf"), "on_change": {"restart": "ledger"}}]}
     sc: Sidecar = sidecars(cfg, single_process=True)
     logins = lambda: sum(1 for line in ledger.journal_lines() if "LOGIN" in line)  # noqa: E731
-    _until(lambda: logins() == 2, what="the pool's two logins")
+    until(lambda: logins() == 2, what="the pool's two logins")
     assert sc.http("GET", "/v1/accounts/1001/balance")[0] == 200
     _set(tmp_path / "values", "limit", "20")
-    _until(lambda: logins() == 4, what="two new connections logged in")
+    until(lambda: logins() == 4, what="two new connections logged in")
     assert sc.http("GET", "/v1/accounts/1001/balance")[0] == 200
     assert sc.metric_value("adaptercar_backend_restarts_total", backend="ledger", reason="restart") == 2, \
         [m for m in sc.metrics().splitlines() if "restarts" in m]
@@ -163,10 +154,10 @@ def test_a_busy_child_finishes_its_call_while_new_calls_go_to_a_new_child(
     time.sleep(0.3)  # the slow call is in the only child now
     _set(tmp_path / "values", "widget", "2000")
     started = time.monotonic()
-    _until(lambda: _unit(sc) == 2000, what="a new child answering")
+    until(lambda: _unit(sc) == 2000, what="a new child answering")
     answered_new_in = time.monotonic() - started
     caller.join(15)
     [(status, body, _)] = slow
     assert status == 200 and body["unitPriceCents"] == "1250", body  # the old child, not killed
     assert answered_new_in < 5, answered_new_in  # not queued behind the 6 s call
-    _until(lambda: (c := _children(sc)) and old not in c, what="the old child gone after its call")
+    until(lambda: (c := _children(sc)) and old not in c, what="the old child gone after its call")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Sidecar
-from tests.test_companion_restart import _children, _config, _set, _until
+from tests.harness import Sidecar, until
+from tests.test_companion_restart import _children, _config, _set
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX children and signals")
 
@@ -55,14 +55,14 @@ def test_old_children_serve_until_the_new_ones_pass_their_banner(
     watcher.start()
     try:
         _set(tmp_path / "values", "widget", "2000")
-        _until(lambda: any(r.get("event") == "backend_restart" for r in sc.log_records()),
+        until(lambda: any(r.get("event") == "backend_restart" for r in sc.log_records()),
                what="the restart")
         # the new child is in its 3 s start-up: the old one still answers, with the old price
         assert _price(sc) == (200, 1250)
-        _until(lambda: _price(sc) == (200, 2000), what="the new child answering")
-        _until(lambda: (c := _children(sc)) and old not in c and len(c) == 1,
+        until(lambda: _price(sc) == (200, 2000), what="the new child answering")
+        until(lambda: (c := _children(sc)) and old not in c and len(c) == 1,
                what="the old child ended once the new one was ready")
-        _until(lambda: prices and prices[-1] == (200, 2000), what="the watcher served anew")
+        until(lambda: prices and prices[-1] == (200, 2000), what="the watcher served anew")
     finally:
         stop.set()
         watcher.join(10)
@@ -98,7 +98,7 @@ def test_when_the_new_children_fail_their_banner_the_old_one_keeps_answering(
     _set(tmp_path / "values", "widget", "9000")  # a config the program refuses to start with
     failed = lambda: sum(r.get("event") == "backend_child_start_failed"  # noqa: E731
                          for r in sc.log_records())
-    _until(lambda: failed() >= 3, what="the new children failing their banner")
+    until(lambda: failed() >= 3, what="the new children failing their banner")
     before = failed()
     calls_until = time.monotonic() + 2
     while time.monotonic() < calls_until:  # calls keep being answered by the old child, and
@@ -110,6 +110,6 @@ def test_when_the_new_children_fail_their_banner_the_old_one_keeps_answering(
     status, body = sc.admin("/readyz")  # the backend still serves: the sidecar stays ready
     assert status == 200 and body["workers"]["single"]["backends"]["ratequote"]["ready"], body
     _set(tmp_path / "values", "widget", "3000")  # fixed: the next restart replaces the old child
-    _until(lambda: _price(sc) == (200, 3000), what="the fixed config served")
-    _until(lambda: old not in _children(sc), what="the old child ended")
-    _until(lambda: sc.admin("/readyz")[0] == 200, what="ready again")
+    until(lambda: _price(sc) == (200, 3000), what="the fixed config served")
+    until(lambda: old not in _children(sc), what="the old child ended")
+    until(lambda: sc.admin("/readyz")[0] == 200, what="ready again")

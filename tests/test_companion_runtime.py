@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import Ledger, Sidecar, demo_like_config
-
-
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+from tests.harness import Ledger, Sidecar, demo_like_config, until
 
 
 def _config(ledger: Ledger, logfile: Path) -> dict[str, Any]:
@@ -44,36 +34,36 @@ def test_stats_reach_metrics_and_log_lines_reach_stdout(ledger: Ledger, sidecars
     logfile = tmp_path / "legacy.log"
     logfile.write_text("WARN before start: not emitted\n")
     sc: Sidecar = sidecars(_config(ledger, logfile), single_process=single_process)
-    _until(lambda: sc.metric_value("legacy_accounts", backend="ledger") == 3)
+    until(lambda: sc.metric_value("legacy_accounts", backend="ledger") == 3)
     assert sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 1
     assert "legacy_uptime_seconds" not in sc.metrics()  # not in include
     # a transfer through the sidecar shows in the next polls
     status, _, _ = sc.http("POST", "/v1/transfers", {"from_account": "1001", "to_account": "1002",
                                                       "amount_cents": 100})
     assert status == 200, status
-    _until(lambda: sc.metric_value("legacy_transfers_total", backend="ledger") >= 1)
+    until(lambda: sc.metric_value("legacy_transfers_total", backend="ledger") >= 1)
     with logfile.open("a") as w:
         w.write("ERROR disk full\nhalf a li")
     with logfile.open("a") as w:
         w.write("ne\n")
-    _until(lambda: len([r for r in sc.log_records() if r.get("event") == "legacy_log"]) >= 2)
+    until(lambda: len([r for r in sc.log_records() if r.get("event") == "legacy_log"]) >= 2)
     recs = [r for r in sc.log_records() if r.get("event") == "legacy_log"]
     assert [r["msg"] for r in recs] == ["disk full", "half a line"]
     assert recs[0]["level"] == "ERROR" and recs[0]["source"] == "legacy-app" and "hostname" in recs[0]
-    _until(lambda: sc.metric_value("adaptercar_companion_log_lines_total", source="legacy-app",
+    until(lambda: sc.metric_value("adaptercar_companion_log_lines_total", source="legacy-app",
                                    outcome="unparsed") == 1)
     out = tmp_path / "app.conf"
-    _until(lambda: out.exists() and out.read_text() == "port=7000\n")
+    until(lambda: out.exists() and out.read_text() == "port=7000\n")
     (tmp_path / "values" / "port").write_text("7001\n")
-    _until(lambda: out.read_text() == "port=7001\n")
+    until(lambda: out.read_text() == "port=7001\n")
     assert sc.stop() == 0
 
 
 def test_a_backend_going_down_flips_up_to_zero(ledger: Ledger, sidecars: Any, tmp_path: Path) -> None:
     sc: Sidecar = sidecars(_config(ledger, tmp_path / "none.log"), single_process=True)
-    _until(lambda: sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 1)
+    until(lambda: sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 1)
     ledger.stop()
-    _until(lambda: sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 0)
+    until(lambda: sc.metric_value("adaptercar_companion_stats_up", backend="ledger") == 0)
     assert sc.metric_value("legacy_accounts", backend="ledger") == 3  # last value kept
 
 
@@ -87,7 +77,7 @@ def test_from_start_reads_what_the_file_already_holds(sidecars: Any, tmp_path: P
     sc: Sidecar = sidecars(cfg, single_process=True)
     with new.open("a") as w:
         w.write("INFO after start\n")
-    _until(lambda: len([r for r in sc.log_records() if r.get("event") == "legacy_log"]) >= 2)
+    until(lambda: len([r for r in sc.log_records() if r.get("event") == "legacy_log"]) >= 2)
     time.sleep(0.5)
     recs = [(r["source"], r["msg"]) for r in sc.log_records() if r.get("event") == "legacy_log"]
     assert recs == [("old", "INFO written before the sidecar started"), ("new", "INFO after start")]

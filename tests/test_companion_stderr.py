@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.harness import ROOT, Sidecar
+from tests.harness import ROOT, Sidecar, until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX children")
 
@@ -37,14 +35,6 @@ methods:
 """
 
 
-def _until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not met in {timeout}s")
 
 
 def _config(tmp: Path) -> dict[str, Any]:
@@ -79,7 +69,7 @@ def test_stderr_lines_are_legacy_log_lines_and_still_feed_stderr_rules(
         client.call("ratequote.v1.RateQuote.Quote", product="BOOM", quantity=1, region="EU")
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.FAILED_PRECONDITION,
                                                         "rate table corrupt at BOOM")
-    lines = _until(lambda: (r := _stderr_lines(sc)) and len(r) >= 5 and r, what="stderr lines logged")
+    lines = until(lambda: (r := _stderr_lines(sc)) and len(r) >= 5 and r, what="stderr lines logged")
     assert [r["msg"] for r in lines[:5]] == ["ratequote: rating WIDGET", "ratequote: rating GADGET",
                                              "ratequote: rating SPROCKET", "ratequote: rating BOOM",
                                              "ratequote: fatal: rate table corrupt at BOOM"]
@@ -88,5 +78,5 @@ def test_stderr_lines_are_legacy_log_lines_and_still_feed_stderr_rules(
         assert (r["service"], r["env"], r["hostname"]) == ("test", "ci", socket.gethostname())
         assert isinstance(r["child_pid"], int) and r["child_pid"] != r["pid"]
     assert not [r for r in sc.log_records() if r.get("event") == "legacy_stderr"]
-    _until(lambda: sc.metric_value("adaptercar_companion_log_lines_total", source="ratequote",
+    until(lambda: sc.metric_value("adaptercar_companion_log_lines_total", source="ratequote",
                                    outcome="raw") >= 5, what="lines counted")

@@ -34,6 +34,7 @@ from tests.harness import (
     demo_like_config,
     free_port,
     start_ledger,
+    until,
 )
 
 # --- an Echo service over the fixture's test commands (ECHO_PROTO, ECHO_MAPPING: harness) -----
@@ -125,13 +126,6 @@ def journal(fx: Ledger) -> list[bytes]:
     return [ast.literal_eval(line) for line in fx.journal_lines()]
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"not {what} after {timeout}s")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -281,7 +275,7 @@ def test_calls_pipelined_behind_a_dead_one_are_retried_only_if_idempotent(
     rpc = rpcs(sc)
     with ThreadPoolExecutor(max_workers=4) as pool:
         hang = pool.submit(timed, lambda: rpc.call("echo.v1.Echo.Hang"))
-        wait_until(lambda: b"SILENT" in journal(ledger), 5, "SILENT journaled")
+        until(lambda: b"SILENT" in journal(ledger), 5, "SILENT journaled")
         echo1 = pool.submit(rpc.call, "echo.v1.Echo.Echo", text="first behind")
         slow = pool.submit(rpc.call, "echo.v1.Echo.Slow", text="not idempotent", ms=0)
         echo2 = pool.submit(rpc.call, "echo.v1.Echo.Echo", text="second behind")
@@ -347,7 +341,7 @@ def test_backend_down_fails_fast_and_recovers_without_restart(ledgers: Any, side
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert sc.admin("/readyz")[0] == 503
     fx = ledgers(port=port)
-    wait_until(lambda: sc.http("GET", "/v1/accounts/1001/balance")[0] == 200, 8, "recovered")
+    until(lambda: sc.http("GET", "/v1/accounts/1001/balance")[0] == 200, 8, "recovered")
     assert sc.admin("/readyz")[0] == 200
     assert rpc.call(BAL, account_id="1002").balance_cents == 5000
     rpc.close()
@@ -420,7 +414,7 @@ def test_client_deadline_caps_the_backend_timeout(ledger: Ledger, sidecars: Any,
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, msg
     assert took < 1.5
     # the sidecar itself gave up at the caller's deadline, not at its own 5 s, and freed the pool
-    wait_until(lambda: bool(events(sc, "backend_connection_closed")), 1.0, "timed out in the sidecar")
+    until(lambda: bool(events(sc, "backend_connection_closed")), 1.0, "timed out in the sidecar")
     assert "timed out" in events(sc, "backend_connection_closed")[0]["reason"]
     (code, reply, msg), took = timed(lambda: rpc.call("echo.v1.Echo.Echo", text="after grpc deadline"))
     assert code == OK and reply.text == "after grpc deadline" and took < 1.5, msg
@@ -505,7 +499,7 @@ def test_unsolicited_line_closes_the_connection_and_reaches_nobody(ledger: Ledge
     before = sc.metric_value("adaptercar_backend_restarts_total", backend="ledger", reason="closed-unknown-state")
     status, body, _ = sc.http("POST", "/v1/extra", {"text": "first"})
     assert status == 200 and body == {"text": "first"}
-    wait_until(lambda: bool(events(sc, "backend_connection_closed")), 2, "connection closed")
+    until(lambda: bool(events(sc, "backend_connection_closed")), 2, "connection closed")
     for text in ("second", "third"):
         status, body, _ = sc.http("POST", "/v1/echo", {"text": text})
         assert status == 200 and body == {"text": text}, body
@@ -568,7 +562,7 @@ def test_per_call_mode_connects_for_each_call(ledger: Ledger, sidecars: Any, rpc
     assert status == 404
     assert journal(ledger).count(b"LOGIN demo demo") == 13
     # every connection was closed after its call: the fixture reports no open sessions
-    wait_until(lambda: sc.admin("/readyz")[1]["workers"]["single"]["backends"]["ledger"]["connections"] == 0,
+    until(lambda: sc.admin("/readyz")[1]["workers"]["single"]["backends"]["ledger"]["connections"] == 0,
                2, "per-call connections closed")
 
 
@@ -724,7 +718,7 @@ def test_failing_probe_makes_the_backend_unready_and_calls_fail_fast(ledger: Led
     """The legacy server is up but its health command says no: calls must not be sent to it."""
     sc = sidecars(config(ledger.address, probe={"send": "ECHO DB DOWN", "expect": "^PONG", "every": "10s"}),
                   single_process=True, wait_ready=False)
-    wait_until(lambda: bool(events(sc, "backend_probe_failed")), 3, "probe failed")
+    until(lambda: bool(events(sc, "backend_probe_failed")), 3, "probe failed")
     assert sc.admin("/readyz")[0] == 503
     (status, body, _), took = timed(lambda: sc.http("GET", "/v1/accounts/1001/balance"))
     assert status == 503 and body["code"] == 14, body
@@ -738,14 +732,14 @@ def test_probe_marks_the_backend_ready(ledger: Ledger, sidecars: Any) -> None:
                   single_process=True)
     assert sc.admin("/readyz")[0] == 200
     assert sc.http("GET", "/v1/accounts/1001/balance")[0] == 200
-    wait_until(lambda: journal(ledger).count(b"PING") >= 3, 3, "probed repeatedly")
+    until(lambda: journal(ledger).count(b"PING") >= 3, 3, "probed repeatedly")
 
 
 def test_probe_timeout_is_its_own(ledger: Ledger, sidecars: Any) -> None:
     sc = sidecars(config(ledger.address, timeout="5s",
                          probe={"send": "SLOW 1500 PING", "expect": "^PONG", "every": "10s", "timeout": "300ms"}),
                   single_process=True, wait_ready=False)
-    wait_until(lambda: bool(events(sc, "backend_probe_failed") or events(sc, "backend_probe_ok")), 4, "probed")
+    until(lambda: bool(events(sc, "backend_probe_failed") or events(sc, "backend_probe_ok")), 4, "probed")
     assert events(sc, "backend_probe_failed"), "a probe slower than probe.timeout must fail"
 
 
@@ -766,7 +760,7 @@ def test_per_call_connection_of_a_timed_out_call_is_closed(ledger: Ledger, sidec
         st = sc.admin("/readyz")[1]["workers"]["single"]["backends"]["ledger"]
         return int(st["connections"]) + int(st["busy"])
 
-    wait_until(lambda: journal(ledger).count(b"SLOW 600 PING") == 2, 3, "two logins")
+    until(lambda: journal(ledger).count(b"SLOW 600 PING") == 2, 3, "two logins")
     time.sleep(0.9)  # past the last login's reply
     assert open_sessions() == 0
     assert journal(ledger).count(b"LOGIN demo demo") == 2

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.test_process_backend import QUOTE, Rpc, quote_http, rq_config, timed, wait_until
+from tests.harness import until
+from tests.test_process_backend import QUOTE, Rpc, quote_http, rq_config, timed
 from tests.test_soap_backend import call as soap_call
 from tests.test_soap_backend import config as soap_config
 from tests.test_soap_fixture import Crm, start_crm
@@ -52,9 +53,9 @@ def test_process_backend_queue_full_and_deadline_shedding(sidecars: Any) -> None
         assert rpc.call(QUOTE, product="WIDGET", quantity=1, region="EU")[0] == grpc.StatusCode.OK
     finally:
         rpc.close()
-    wait_until(lambda: sc.metric_value("adaptercar_backend_shed_total", reason="queue_full") >= 2,
+    until(lambda: sc.metric_value("adaptercar_backend_shed_total", reason="queue_full") >= 2,
                5, "queue_full sheds counted")
-    wait_until(lambda: sc.metric_value("adaptercar_backend_shed_total", reason="deadline") >= 1,
+    until(lambda: sc.metric_value("adaptercar_backend_shed_total", reason="deadline") >= 1,
                5, "deadline sheds counted")
 
 

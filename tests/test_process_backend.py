@@ -29,7 +29,7 @@ import yaml
 
 from adaptercar.protos import ProtoSet, compile_protos
 from legacy_fixtures.ratequote.ratequote import PRICES, REGIONS
-from tests.harness import ROOT, Sidecar
+from tests.harness import ROOT, Sidecar, until
 
 CASES = Path(__file__).resolve().parent / "process_cases"
 RATEQUOTE = (sys.executable, "-m", "legacy_fixtures.ratequote")
@@ -186,15 +186,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"not {what} after {timeout}s")
-        time.sleep(0.05)
 
 
 def events(sc: Sidecar, name: str) -> list[dict[str, Any]]:
@@ -341,7 +332,7 @@ def test_per_call_mode_maps_exit_status_and_stderr(sidecars: Any, rpcs: Any) -> 
     # per-call exits are answers, not crashes: nothing is restarted, nothing is unready
     assert sc.admin("/readyz")[0] == 200
     assert sc.metric_value("adaptercar_backend_restarts_total") == 0
-    wait_until(lambda: backend_state(sc, "rq_once")["children"] == [], 10, "every per-call child reaped")
+    until(lambda: backend_state(sc, "rq_once")["children"] == [], 10, "every per-call child reaped")
 
 
 def test_per_call_hung_program_is_killed_at_the_deadline(sidecars: Any, rpcs: Any) -> None:
@@ -350,10 +341,10 @@ def test_per_call_hung_program_is_killed_at_the_deadline(sidecars: Any, rpcs: An
     (code, _, msg), took = timed(lambda: rpc.call(f"{ONCE}.Quote", product="SLOWPOKE", quantity=1, region="EU"))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, msg
     assert_deadline(sc, took)
-    killed = wait_until(lambda: events(sc, "backend_child_killed"), 10, "the kill logged")
+    killed = until(lambda: events(sc, "backend_child_killed"), 10, "the kill logged")
     pid = killed[0]["child_pid"]
     SEEN.add(pid)
-    wait_until(lambda: not alive(pid), 10, f"child {pid} gone")
+    until(lambda: not alive(pid), 10, f"child {pid} gone")
     code, reply, msg = rpc.call(f"{ONCE}.Quote", product="GADGET", quantity=1, region="US")
     assert code == OK and reply.total_cents == expected_quote("GADGET", 1, "US")[1], msg
 
@@ -449,7 +440,7 @@ def test_calls_handed_to_a_child_as_it_exits_are_retried_if_idempotent(sidecars:
     with ThreadPoolExecutor(max_workers=9) as pool:
         for f in [pool.submit(one, i) for i in range(9)]:
             f.result()
-    exited = wait_until(lambda: (e := events(sc, "backend_child_exited")) and len(e) >= 3 and e, 10,
+    exited = until(lambda: (e := events(sc, "backend_child_exited")) and len(e) >= 3 and e, 10,
                         "three children recycled")
     assert all(e["status"] == "exit status 3" for e in exited)
 
@@ -458,7 +449,7 @@ def test_crash_loop_shows_in_readyz_metrics_and_logs_and_fails_fast(sidecars: An
     sc = sidecars(rq_config("--rates", NO_TABLE, restart={"base": "50ms", "max": "400ms"}, timeout="10s"),
                   single_process=True, wait_ready=False)
     rpc = rpcs(sc)
-    state = wait_until(lambda: (s := backend_state(sc))["consecutive_failures"] >= 4 and s, 10,
+    state = until(lambda: (s := backend_state(sc))["consecutive_failures"] >= 4 and s, 10,
                        "a crash loop counted")
     assert state["ready"] is False and state["last_exit"] == "exit status 2", state
     status, body = sc.admin("/readyz")
@@ -473,7 +464,7 @@ def test_crash_loop_shows_in_readyz_metrics_and_logs_and_fails_fast(sidecars: An
     exited = events(sc, "backend_child_exited")
     assert exited and all(e["status"] == "exit status 2" for e in exited)
     assert any("cannot read rate table" in line for line in exited[0]["stderr_tail"]), exited[0]
-    wait_until(lambda: any(e["in_s"] == 0.4 for e in events(sc, "backend_restart_scheduled")), 10,
+    until(lambda: any(e["in_s"] == 0.4 for e in events(sc, "backend_restart_scheduled")), 10,
                "the backoff at its cap")
     delays = [e["in_s"] for e in events(sc, "backend_restart_scheduled")]
     assert delays[0] == 0.05 and max(delays) == 0.4 and delays == sorted(delays), delays
@@ -490,12 +481,12 @@ def test_hung_child_is_killed_at_the_deadline_and_the_pool_recovers(extra: list[
     (code, _, msg), took = timed(lambda: rpc.call(QUOTE, product="SLOWPOKE", quantity=1, region="EU"))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, msg
     assert_deadline(sc, took)
-    [killed] = wait_until(lambda: events(sc, "backend_child_killed"), 10, "the kill logged")
+    [killed] = until(lambda: events(sc, "backend_child_killed"), 10, "the kill logged")
     hung = killed["child_pid"]
     SEEN.add(hung)
     assert hung in before and "timed out" in killed["reason"]
-    wait_until(lambda: not alive(hung), 10, f"hung child {hung} gone")
-    wait_until(lambda: len(children(sc)) == 2, 10, "the pool refilled")
+    until(lambda: not alive(hung), 10, f"hung child {hung} gone")
+    until(lambda: len(children(sc)) == 2, 10, "the pool refilled")
     assert hung not in children(sc)
     assert_quotes_work(sc, rpc, 6)
     (status, body), took = timed(lambda: quote_http(sc, "SLOWPOKE", 1))
@@ -521,7 +512,7 @@ def test_unsolicited_stdout_restarts_the_child_and_reaches_nobody(product: str, 
     rpc = rpcs(sc)
     seen: list[int] = []
     for i in range(3):
-        [pid] = wait_until(lambda: (p := children(sc)) and len(p) == 1 and p[0] not in seen and p, 10,
+        [pid] = until(lambda: (p := children(sc)) and len(p) == 1 and p[0] not in seen and p, 10,
                            "a fresh child")
         seen.append(pid)
         code, reply, msg = rpc.call(QUOTE, product=product, quantity=2 + i, region="US")
@@ -530,9 +521,9 @@ def test_unsolicited_stdout_restarts_the_child_and_reaches_nobody(product: str, 
         else:
             assert code == OK, msg
             assert reply.total_cents == expected_quote(product, 2 + i, "US")[1]
-        killed = wait_until(partial(at_least, sc, "backend_child_killed", i + 1), 10, "the babbling child killed")
+        killed = until(partial(at_least, sc, "backend_child_killed", i + 1), 10, "the babbling child killed")
         assert killed[-1]["child_pid"] == pid and "unsolicited" in killed[-1]["reason"], killed[-1]
-        wait_until(partial(gone, pid), 10, f"child {pid} gone")
+        until(partial(gone, pid), 10, f"child {pid} gone")
     assert len(set(seen)) == 3
     code, reply, msg = rpc.call(QUOTE, product="GIZMO", quantity=1, region="EU")
     assert code == OK and reply.total_cents == 123456, msg
@@ -556,7 +547,7 @@ def test_failed_start_up_handshake_is_retried_with_backoff(args: list[str], bann
                                                            sidecars: Any, rpcs: Any) -> None:
     sc = sidecars(rq_config(*args, banner=banner, timeout="1s", restart={"base": "200ms", "max": "1s"}),
                   single_process=True, wait_ready=False)
-    failed = wait_until(lambda: events(sc, "backend_child_start_failed"), 10, "a failed start logged")
+    failed = until(lambda: events(sc, "backend_child_start_failed"), 10, "a failed start logged")
     assert failed[0]["level"] == "error" and failed[0]["reason"].startswith(why), failed[0]
     assert sc.admin("/readyz")[0] == 503
     time.sleep(1.0)
@@ -575,9 +566,9 @@ def test_full_queue_fails_fast_with_resource_exhausted(sidecars: Any, rpcs: Any)
     rpc = rpcs(sc)
     with ThreadPoolExecutor(max_workers=3) as pool:
         hung = pool.submit(quote_http, sc, "SLOWPOKE", 1)
-        wait_until(lambda: backend_state(sc)["busy"] == 1, 10, "the child busy")
+        until(lambda: backend_state(sc)["busy"] == 1, 10, "the child busy")
         queued = [pool.submit(quote_http, sc, "WIDGET", 2), pool.submit(quote_http, sc, "GADGET", 3)]
-        wait_until(lambda: backend_state(sc)["waiting"] == 2, 10, "two calls waiting")
+        until(lambda: backend_state(sc)["waiting"] == 2, 10, "two calls waiting")
         for product in ("WIDGET", "GIZMO", "SPROCKET"):
             (status, body), took = timed(partial(quote_http, sc, product, 1))
             assert status == 429 and took < 2.0, (status, body, took)  # not after the 3 s timeout
@@ -621,7 +612,7 @@ def test_stderr_noise_is_logged_and_never_a_reply(tmp_path: Path, sidecars: Any,
     rpc = rpcs(sc)
     pids = children(sc)
     assert_quotes_work(sc, rpc, 8)
-    noise = wait_until(lambda: [r for r in stderr_lines(sc) if r["msg"].startswith("ratequote: rating")]
+    noise = until(lambda: [r for r in stderr_lines(sc) if r["msg"].startswith("ratequote: rating")]
                        if len(stderr_lines(sc)) >= 8 else None, 10, "the noise logged")
     assert [r["msg"] for r in noise] == [f"ratequote: rating {p}" for p in
                                           ("WIDGET", "GADGET", "SPROCKET", "GIZMO") * 2]
@@ -639,7 +630,7 @@ def test_stderr_noise_is_logged_and_never_a_reply(tmp_path: Path, sidecars: Any,
 @pytest.mark.parametrize("single", [True, False], ids=["single-process", "supervisor"])
 def test_shutdown_leaves_no_child_alive(single: bool, sidecars: Any) -> None:
     sc = sidecars(rq_config("--stderr-noise"), single_process=single)
-    pids = wait_until(lambda: (p := children(sc)) and len(p) == (2 if single else 4) and p, 10,
+    pids = until(lambda: (p := children(sc)) and len(p) == (2 if single else 4) and p, 10,
                       "every worker's children reported")
     assert all(alive(p) for p in pids)
     for i in range(4):
@@ -647,7 +638,7 @@ def test_shutdown_leaves_no_child_alive(single: bool, sidecars: Any) -> None:
     # counted through the batched recorder, whichever process served the calls
     metric_settles(sc, "adaptercar_backend_requests_total", lambda v: v == 4, backend="ratequote", outcome="ok")
     assert sc.stop() == 0
-    wait_until(lambda: not any(alive(p) for p in pids), 10, f"children {pids} gone")
+    until(lambda: not any(alive(p) for p in pids), 10, f"children {pids} gone")
 
 
 def test_shutdown_kills_a_hung_child_that_ignores_sigterm(sidecars: Any) -> None:
@@ -663,11 +654,11 @@ def test_shutdown_kills_a_hung_child_that_ignores_sigterm(sidecars: Any) -> None
     call = threading.Thread(target=hang)
     call.start()
     try:
-        wait_until(lambda: backend_state(sc)["busy"] == 1, 10, "the child hung")
+        until(lambda: backend_state(sc)["busy"] == 1, 10, "the child hung")
         assert sc.stop() == 0
         call.join(5)
         try:
-            wait_until(lambda: not alive(pid), 3, f"child {pid} gone")
+            until(lambda: not alive(pid), 3, f"child {pid} gone")
         finally:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)  # the orphan this test exposes
