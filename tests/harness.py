@@ -31,12 +31,27 @@ def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "conditio
     background (a reload, a restart, a log line) shows up after a while, not at once."""
     end = time.monotonic() + timeout
     while True:
-        value = check()
-        if value:
+        try:
+            value = check()
+        except OSError as e:  # e.g. a socket met between two workers: not yet
+            value = e
+        if value and not isinstance(value, OSError):
             return value
         if time.monotonic() > end:
             raise AssertionError(f"not {what} after {timeout}s (last: {value!r})")
         time.sleep(every)
+
+
+def refused(port: int) -> bool:
+    """Whether a connection to the port is refused now. A timeout is not a refusal: a stopping
+    JSON listener drops SYNs for a moment (runtime/handshakes.py), and refuses at the retry."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except TimeoutError:
+        return False
 
 
 _GIVEN: set[int] = set()

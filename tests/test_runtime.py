@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ from tests.harness import (
     demo_like_config,
     env_with_root,
     free_port,
+    refused,
     start_ledger,
+    until,
 )
 
 LEDGER_MAPPING = ROOT / "mappings" / "ledger.yaml"
@@ -62,19 +63,6 @@ def config(ledger_address: str, ports: list[int] | None = None, **backend_overri
     return cfg
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
-    """Poll until `check()` is truthy; its value is returned. Fails naming `what`."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-        except OSError as e:  # a socket between two workers: try again
-            last = e
-        if last and not isinstance(last, OSError):
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def worker_pids(sc: Sidecar) -> dict[str, int | None]:
@@ -82,12 +70,6 @@ def worker_pids(sc: Sidecar) -> dict[str, int | None]:
     return {role: w.get("pid") for role, w in body["workers"].items()}
 
 
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def not_found_message(sc: Sidecar) -> tuple[str, str]:
@@ -143,8 +125,9 @@ def test_killed_http_worker_is_restarted_and_metrics_keep_counting(ledger: Ledge
     for _ in range(20):
         assert sc.http("GET", "/v1/accounts/1001/balance")[:2] == (200, BALANCE)
     # metrics are batched (flushed every FLUSH_EVERY s): wait until these 20 are visible
-    before = wait_for("20 calls counted", lambda: (
-        (v := sc.metric_value("adaptercar_requests_total", front="http", code="OK")) >= 20 and v), timeout=5)
+    before = until(lambda: (
+        (v := sc.metric_value("adaptercar_requests_total", front="http", code="OK")) >= 20 and v),
+            timeout=5, what="20 calls counted")
     ok_started: list[float] = []  # when each call that answered OK was sent
     stop = threading.Event()
 
@@ -163,15 +146,15 @@ def test_killed_http_worker_is_restarted_and_metrics_keep_counting(ledger: Ledge
     t = threading.Thread(target=stream, daemon=True)
     t.start()
     try:
-        wait_for("the stream of calls", lambda: len(ok_started) >= 5)
+        until(lambda: len(ok_started) >= 5, what="the stream of calls")
         os.kill(old["http"], signal.SIGKILL)
-        wait_for("the killed worker to be gone", lambda: _dead(old["http"]), every=0.01)
+        until(lambda: _dead(old["http"]), every=0.01, what="the killed worker to be gone")
         dead_at = time.monotonic()
-        new = wait_for("a new, ready http worker", lambda: (
+        new = until(lambda: (
             (p := worker_pids(sc))["http"] not in (None, old["http"]) and sc.admin("/readyz")[0] == 200 and p
-        ))
+        ), what="a new, ready http worker")
         restarted_at = time.monotonic()
-        wait_for("10 calls after the restart", lambda: sum(1 for x in ok_started if x > restarted_at) >= 10)
+        until(lambda: sum(1 for x in ok_started if x > restarted_at) >= 10, what="10 calls after the restart")
     finally:
         stop.set()
         t.join(10)
@@ -181,8 +164,9 @@ def test_killed_http_worker_is_restarted_and_metrics_keep_counting(ledger: Ledge
     # worker's counts been dropped (or the counter reset), the total would be that number.
     # (Its last unflushed batch, up to FLUSH_EVERY s of calls, is lost: `before` excludes it.)
     served_by_new = sum(1 for x in ok_started if x > dead_at) + 1
-    wait_for(f"{before} + {served_by_new} OK calls counted", lambda: (
-        sc.metric_value("adaptercar_requests_total", front="http", code="OK") >= before + served_by_new), timeout=10)
+    until(lambda: (
+        sc.metric_value("adaptercar_requests_total", front="http", code="OK") >= before + served_by_new),
+            timeout=10, what=f"{before} + {served_by_new} OK calls counted")
     assert sc.metric_value("adaptercar_worker_restarts_total", role="http") == 1
     assert sc.metric_value("adaptercar_worker_restarts_total", role="grpc") == 0
     died = [r for r in sc.log_records() if r.get("event") == "worker_died"]
@@ -236,13 +220,15 @@ def test_sigterm_stops_accepting_finishes_in_flight_calls_and_exits_0(
     threads = [threading.Thread(target=f, daemon=True) for f in (http_call, grpc_call)]
     for t in threads:
         t.start()
-    wait_for("both slow calls to reach the ledger",
-             lambda: sum("SLOW 3000" in line for line in ledger.journal_lines()) >= 2, timeout=10)
+    until(lambda: sum("SLOW 3000" in line for line in ledger.journal_lines()) >= 2, timeout=10,
+        what="both slow calls to reach the ledger")
     assert sc.proc is not None
     t0 = time.monotonic()
     sc.proc.send_signal(signal.SIGTERM)
-    wait_for("the JSON port to refuse connections", lambda: refused(sc.ports["http"]), timeout=2.5, every=0.05)
-    wait_for("the gRPC port to refuse connections", lambda: refused(sc.ports["grpc"]), timeout=2.5, every=0.05)
+    until(lambda: refused(sc.ports["http"]), timeout=2.5, every=0.05,
+        what="the JSON port to refuse connections")
+    until(lambda: refused(sc.ports["grpc"]), timeout=2.5, every=0.05,
+        what="the gRPC port to refuse connections")
     assert not results, f"the listeners closed only after the calls ended: {results}"
     for t in threads:
         t.join(drain_timeout + 5)
@@ -314,7 +300,8 @@ def test_single_process_serves_grpc_json_and_admin_and_exits_0(ledger: Ledger, s
     assert client.call("ledger.v1.Ledger.GetBalance", account_id="1002").balance_cents == 5000
     client.close()
     assert sc.admin("/healthz")[0] == 200
-    wait_for("2 calls counted", lambda: sc.metric_value("adaptercar_requests_total", code="OK") == 2, timeout=5)
+    until(lambda: sc.metric_value("adaptercar_requests_total", code="OK") == 2, timeout=5,
+        what="2 calls counted")
     children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == sc.proc.pid]
     assert children == [], "single-process mode started child processes"
     stop_promptly(sc)
@@ -385,9 +372,11 @@ def test_admin_health_readiness_metrics_and_redacted_config(tmp_path: Path, side
         client = sc.grpc_client()
         client.call("ledger.v1.Ledger.GetBalance", account_id="1001")
         client.close()
-        text = wait_for("every metric", lambda: (
-            (m := sc.metrics()) and all(_has_samples(m, n) for n in DESIGN_METRICS) and m), timeout=5)
-        wait_for("2 calls counted", lambda: sc.metric_value("adaptercar_backend_requests_total", outcome="ok") == 2)
+        text = until(lambda: (
+            (m := sc.metrics()) and all(_has_samples(m, n) for n in DESIGN_METRICS) and m),
+                timeout=5, what="every metric")
+        until(lambda: sc.metric_value("adaptercar_backend_requests_total", outcome="ok") == 2,
+            what="2 calls counted")
         assert sc.metric_value("adaptercar_requests_total", front="grpc", code="OK") == 1
         assert sc.metric_value("adaptercar_requests_total", front="http", code="OK") == 1
         assert sc.metric_value("adaptercar_config_reloads_total") == 0
@@ -408,7 +397,7 @@ def test_readyz_follows_the_backend(tmp_path: Path, sidecars: Any) -> None:
         backends = [w["backends"].get("ledger", {}) for w in body["workers"].values()]
         return status == 503 and all("refused" in b.get("down_reason", "") for b in backends) and body
 
-    body = wait_for("/readyz 503 naming the refused backend", down_everywhere, timeout=10)
+    body = until(down_everywhere, timeout=10, what="/readyz 503 naming the refused backend")
     assert body["ready"] is False and set(body["workers"]) == {"grpc", "http"}
     for role, w in body["workers"].items():
         assert w["listening"] is True and w["ready"] is False, (role, w)
@@ -417,7 +406,7 @@ def test_readyz_follows_the_backend(tmp_path: Path, sidecars: Any) -> None:
     assert status == 503 and body["code"] == 14  # UNAVAILABLE, fast: the backend is known down
     led = start_ledger(tmp_path, port=port)
     try:
-        wait_for("/readyz 200 once the ledger is up", lambda: sc.admin("/readyz")[0] == 200, timeout=20)
+        until(lambda: sc.admin("/readyz")[0] == 200, timeout=20, what="/readyz 200 once the ledger is up")
         assert sc.http("GET", "/v1/accounts/1001/balance")[:2] == (200, BALANCE)
         stop_promptly(sc)
     finally:
@@ -445,9 +434,10 @@ def test_reload_by_post_and_sighup_and_a_broken_reload_keeps_the_old_config(
     mapping_with_not_found(mapping, "v3: {msg}")
     assert sc.proc is not None
     sc.proc.send_signal(signal.SIGHUP)
-    wait_for("the SIGHUP reload", lambda: not_found_message(sc) == ("v3: no such account 9999",) * 2)
+    until(lambda: not_found_message(sc) == ("v3: no such account 9999",) * 2, what="the SIGHUP reload")
     assert worker_pids(sc) == pids
-    wait_for("two reloads counted", lambda: sc.metric_value("adaptercar_config_reloads_total", outcome="ok") == 2)
+    until(lambda: sc.metric_value("adaptercar_config_reloads_total", outcome="ok") == 2,
+        what="two reloads counted")
 
     good = mapping.read_text()
     mapping.write_text(good.replace(r"(?P<cents>-?\d+)", r"(?P<cents>-?\d+", 1))
@@ -475,9 +465,10 @@ def test_a_reload_that_moves_the_json_listener_replaces_only_that_worker(
     status, body = sc.admin("/reload", method="POST")
     assert status == 200 and body["ok"] is True, body
     sc.ports["http"] = new_port
-    wait_for("the JSON front on its new port", lambda: sc.http("GET", "/v1/accounts/1001/balance")[0] == 200)
+    until(lambda: sc.http("GET", "/v1/accounts/1001/balance")[0] == 200,
+        what="the JSON front on its new port")
     assert refused(old_port)
-    new = wait_for("a ready http worker", lambda: sc.admin("/readyz")[0] == 200 and worker_pids(sc))
+    new = until(lambda: sc.admin("/readyz")[0] == 200 and worker_pids(sc), what="a ready http worker")
     assert new["grpc"] == pids["grpc"] and new["http"] != pids["http"]
     assert sc.metric_value("adaptercar_worker_restarts_total", role="http") == 0, "a planned move is no crash"
     records = sc.log_records()
@@ -499,8 +490,9 @@ def test_every_log_line_is_json_and_access_lines_carry_the_request_id(ledger: Le
     client = sc.grpc_client()
     client.call("ledger.v1.Ledger.GetBalance", account_id="1001", metadata=[("x-request-id", "rid-grpc-1")])
     client.close()
-    by_id = wait_for("4 access lines", lambda: (
-        (lines := access_lines(sc)) and len(lines) >= 4 and {r["request_id"]: r for r in lines}), timeout=5)
+    by_id = until(lambda: (
+        (lines := access_lines(sc)) and len(lines) >= 4 and {r["request_id"]: r for r in lines}),
+            timeout=5, what="4 access lines")
     assert {"rid-http-1", "rid-http-2", "rid-grpc-1"} <= set(by_id)
     generated = [rid for rid in by_id if not rid.startswith("rid-")]
     assert len(generated) == 1 and generated[0], "a request without x-request-id gets an id of its own"
@@ -553,7 +545,7 @@ def test_a_port_in_use_is_one_clear_line_and_a_nonzero_exit(
     assert len(lines) == 1, stderr
     assert lines[0].startswith("adaptercar: cannot start") and f":{port}" in lines[0], lines[0]
     assert "in use" in lines[0], lines[0]
-    wait_for("no worker left behind", lambda: not _processes_using(path), timeout=5)
+    until(lambda: not _processes_using(path), timeout=5, what="no worker left behind")
 
 
 def _processes_using(config: Path) -> list[int]:

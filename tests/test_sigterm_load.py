@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.harness import ROOT, Ledger, Sidecar, demo_like_config
+from tests.harness import ROOT, Ledger, Sidecar, demo_like_config, refused
 
 SLOW_MS = 1500
 DRAIN_TIMEOUT = 8.0
@@ -48,14 +48,6 @@ def _slow_ping_mapping() -> str:
     return out
 
 
-def _refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except TimeoutError:  # a SYN dropped while the listener closes: refused at its retry
-        return False
 
 
 def _http_call(sc: Sidecar, path: str, want: dict[str, Any]) -> str:
@@ -165,7 +157,7 @@ def _under_load(tmp_path: Path, ledger: Ledger, sidecars: Any, single: bool, fas
         end = time.monotonic() + 2.5
         while len(refused_at) < 2 and time.monotonic() < end:
             for role in ("http", "grpc"):
-                if role not in refused_at and _refused(sc.ports[role]):
+                if role not in refused_at and refused(sc.ports[role]):
                     refused_at[role] = time.monotonic()
             time.sleep(0.02)
         # the listeners closed while the slow calls were still draining, not at exit

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from adaptercar.compile import load_all
-from tests.harness import ROOT, GrpcClient, Ledger, Sidecar, env_with_root
-from tests.test_runtime import BALANCE, config, mapping_with_not_found, wait_for
+from tests.harness import ROOT, GrpcClient, Ledger, Sidecar, env_with_root, until
+from tests.test_runtime import BALANCE, config, mapping_with_not_found
 
 CALLS = 20
 
@@ -81,7 +81,7 @@ def served_by(sc: Sidecar, front: str, request_ids: set[str]) -> set[int]:
                  if r.get("front") == front and r.get("request_id") in request_ids]
         return found if len(found) == len(request_ids) else None
 
-    return {r["pid"] for r in wait_for(f"{front} access lines", lines, timeout=10)}
+    return {r["pid"] for r in until(lines, timeout=10, what=f"{front} access lines")}
 
 
 def test_two_workers_per_front_share_the_ports_reload_together_and_survive_a_kill(
@@ -122,24 +122,25 @@ def test_two_workers_per_front_share_the_ports_reload_together_and_survive_a_kil
     # the kernel had queued on the dead worker's socket are reset with it: wait until it is gone.)
     # Metrics are flushed every 0.5 s and a SIGKILLed worker loses what it had not flushed
     # (docs/operations.md): let the counts of the calls above reach /metrics first.
-    wait_for("http calls flushed", lambda: sc.metric_value(
-        "adaptercar_requests_total", front="http", code="OK") >= CALLS)
+    until(lambda: sc.metric_value(
+        "adaptercar_requests_total", front="http", code="OK") >= CALLS, what="http calls flushed")
     os.kill(pids["http.1"], signal.SIGKILL)
-    wait_for("the supervisor to see http.1 die", lambda: pids_by_worker(sc)["http.1"] != pids["http.1"])
+    until(lambda: pids_by_worker(sc)["http.1"] != pids["http.1"], what="the supervisor to see http.1 die")
     for _ in range(CALLS):
         assert sc.http("GET", "/v1/accounts/1001/balance")[:2] == (200, BALANCE)
-    new = wait_for("http.1 restarted and ready", lambda: (
+    new = until(lambda: (
         sc.admin("/readyz")[0] == 200 and (p := pids_by_worker(sc))["http.1"] not in (None, pids["http.1"])
-        and p), timeout=20)
+        and p), timeout=20, what="http.1 restarted and ready")
     assert {k: v for k, v in new.items() if k != "http.1"} == {k: v for k, v in pids.items() if k != "http.1"}
-    wait_for("one http restart counted",
-             lambda: sc.metric_value("adaptercar_worker_restarts_total", role="http") == 1)
+    until(lambda: sc.metric_value("adaptercar_worker_restarts_total", role="http") == 1,
+        what="one http restart counted")
     assert sc.metric_value("adaptercar_worker_restarts_total", role="grpc") == 0
     died = [r for r in sc.log_records() if r.get("event") == "worker_died"]
     assert [(r["worker"], r["pid"]) for r in died] == [("http.1", pids["http.1"])]
     # metrics add up over workers: every successful HTTP call above, whichever worker took it
-    wait_for("http calls counted over workers", lambda: sc.metric_value(
-        "adaptercar_requests_total", front="http", code="OK") >= 2 * CALLS)
+    until(lambda: sc.metric_value(
+        "adaptercar_requests_total", front="http", code="OK") >= 2 * CALLS,
+            what="http calls counted over workers")
 
     stop_promptly(sc)
 
@@ -156,17 +157,18 @@ def test_a_reload_can_change_the_number_of_workers(tmp_path: Path, ledger: Ledge
     sc.write_config()
     status, body = sc.admin("/reload", method="POST")
     assert status == 200 and body["ok"] is True, body
-    after = wait_for("a third http worker", lambda: (
-        sc.admin("/readyz")[0] == 200 and len(p := pids_by_worker(sc)) == 4 and p))
+    after = until(lambda: (
+        sc.admin("/readyz")[0] == 200 and len(p := pids_by_worker(sc)) == 4 and p),
+            what="a third http worker")
     assert {k: after[k] for k in before} == before, "the others are reloaded in place"
     sc.config = {**sc.config, "workers": {"http": 1}}
     sc.write_config()
     status, body = sc.admin("/reload", method="POST")
     assert status == 200 and body["ok"] is True, body
     # one worker binds its port alone again (no SO_REUSEPORT): all http workers are replaced
-    last = wait_for("one http worker", lambda: (
+    last = until(lambda: (
         sc.admin("/readyz")[0] == 200 and set(p := pids_by_worker(sc)) == {"grpc", "http"}
-        and p["http"] not in after.values() and p))
+        and p["http"] not in after.values() and p), what="one http worker")
     assert last["grpc"] == before["grpc"]
     assert sc.http("GET", "/v1/accounts/1001/balance")[:2] == (200, BALANCE)
     assert sc.metric_value("adaptercar_worker_restarts_total", role="http") == 0, "planned, not crashes"
