@@ -22,7 +22,17 @@ from typing import Any
 import pytest
 
 from tests.harness import ROOT, env_with_root, free_port
-from tests.test_docs import Block, _anchors, _documented_default, _read, assert_output, blocks, code
+from tests.test_docs import (
+    _anchors,
+    _documented_default,
+    _read,
+    assert_output,
+    blocks,
+    code,
+    included_files,
+    marked,
+    table_rows,
+)
 
 DOC = ROOT / "docs" / "companion.md"
 EXAMPLES = ROOT / "docs" / "companion-examples"
@@ -31,30 +41,14 @@ PORTS = ("7000", "8080", "9901")
 DIR = "/tmp/legacy"
 
 
-def _marked(prefix: str) -> list[Block]:
-    return [b for b in BLOCKS if b.marker.split(":")[0].strip() == prefix]
 
 
-def _table(n: int) -> list[list[str]]:
-    rows = []
-    for row in _read(DOC)[n + 3:]:
-        if not row.startswith("|"):
-            break
-        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]])
-    return rows
 
 
 # --- static checks ----------------------------------------------------------------------------
 
 def test_included_blocks_equal_their_files_and_every_example_is_shown() -> None:
-    included = set()
-    for block in _marked("include"):
-        path = ROOT / block.marker.partition(":")[2].strip()
-        assert block.text == path.read_text(encoding="utf-8"), f"{block.where}: differs from {path}"
-        end = _read(DOC)[block.line + block.text.count("\n") + 1]
-        assert end == "<!-- end include -->", f"{block.where}: no <!-- end include --> after it"
-        included.add(path)
-    assert included == {p for p in EXAMPLES.rglob("*") if p.is_file()}
+    assert included_files(BLOCKS) == {p for p in EXAMPLES.rglob("*") if p.is_file()}
 
 
 def test_every_console_block_is_run_and_links_resolve() -> None:
@@ -82,7 +76,7 @@ def test_key_tables_match_the_schema() -> None:
         model = models[m.group(1)]
         names = {f.alias or k: k for k, f in model.model_fields.items()}  # `from` is `from_`
         documented = set()
-        for row in _table(n):
+        for row in table_rows(_read(DOC), n):
             key = code(row[0])
             documented.add(key)
             try:
@@ -135,7 +129,7 @@ def _ready(admin: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 @pytest.fixture
 def cast(tmp_path: Path) -> Iterator[Swap]:
     swap = Swap({p: free_port() for p in PORTS}, tmp_path)
-    [block] = _marked("start")
+    [block] = marked("start", BLOCKS)
     procs: list[subprocess.Popen[bytes]] = []
     env = env_with_root({"LEGACY_DIR": str(tmp_path), "HTTP_PORT": str(swap.ports["8080"]),
                          "ADMIN_PORT": str(swap.ports["9901"]),
@@ -183,7 +177,7 @@ def _run(command: str, swap: Swap) -> str:
 
 
 def test_the_tour(cast: Swap) -> None:
-    transcripts = _marked("run")
+    transcripts = marked("run", BLOCKS)
     assert len(transcripts) == 4
     for block in transcripts:
         commands: list[tuple[str, list[str]]] = []
@@ -208,7 +202,7 @@ def test_the_tour(cast: Swap) -> None:
                         raise
                     time.sleep(0.25)
     # the documented line is a real one: same keys, same stable values
-    [example_block] = _marked("legacy-log")
+    [example_block] = marked("legacy-log", BLOCKS)
     example = json.loads(example_block.text)
     log = Path(cast.folder) / "sidecar.log"
     real = [r for r in map(json.loads, log.read_text().splitlines())

@@ -105,8 +105,19 @@ def blocks(doc: Path) -> list[Block]:
 ALL_BLOCKS = [b for doc in DOCS for b in blocks(doc)]
 
 
-def marked(prefix: str) -> list[Block]:
-    return [b for b in ALL_BLOCKS if b.marker.split(":")[0].strip() == prefix]
+def marked(prefix: str, among: list[Block] = ALL_BLOCKS) -> list[Block]:
+    return [b for b in among if b.marker.split(":")[0].strip() == prefix]
+
+
+def table_rows(lines: list[str], n: int) -> list[list[str]]:
+    """Cells of the markdown table whose marker is line n (its header and |---| skipped)."""
+    rows = []
+    for row in lines[n + 3:]:
+        if not row.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", row.strip())[1:-1]
+        rows.append([c.strip().replace("\\|", "|") for c in cells])
+    return rows
 
 
 def tables(prefix: str) -> list[tuple[str, str, list[list[str]]]]:
@@ -119,13 +130,7 @@ def tables(prefix: str) -> list[tuple[str, str, list[list[str]]]]:
             if m is None or m.group(1).split(":")[0].strip() != prefix:
                 continue
             arg = m.group(1).partition(":")[2].strip()
-            rows = []
-            for row in lines[n + 3:]:  # skip the header and the |---| line
-                if not row.startswith("|"):
-                    break
-                cells = re.split(r"(?<!\\)\|", row.strip())[1:-1]
-                rows.append([c.strip().replace("\\|", "|") for c in cells])
-            found.append((f"{doc.relative_to(ROOT)}:{n + 1}", arg, rows))
+            found.append((f"{doc.relative_to(ROOT)}:{n + 1}", arg, table_rows(lines, n)))
     return found
 
 
@@ -137,9 +142,10 @@ def code(cell: str) -> str:
 
 # --- structure: includes, links, markers ----------------------------------------------------
 
-def test_included_blocks_equal_their_files() -> None:
+def included_files(among: list[Block]) -> set[Path]:
+    """The files `<!-- include: path -->` blocks show, each checked equal to its block."""
     included: set[Path] = set()
-    for block in marked("include"):
+    for block in marked("include", among):
         path = ROOT / block.marker.partition(":")[2].strip()
         assert path.is_file(), f"{block.where}: included file {path} does not exist"
         assert block.text == path.read_text(encoding="utf-8"), \
@@ -147,6 +153,11 @@ def test_included_blocks_equal_their_files() -> None:
         end = _read(block.doc)[block.line + block.text.count("\n") + 1]
         assert end == "<!-- end include -->", f"{block.where}: no <!-- end include --> after it"
         included.add(path)
+    return included
+
+
+def test_included_blocks_equal_their_files() -> None:
+    included = included_files(ALL_BLOCKS)
     for path in sorted(EXAMPLES.rglob("*.yaml")):
         if path.parent.name != "broken":
             assert path in included, f"{path.relative_to(ROOT)} is not shown by any doc"

@@ -30,7 +30,10 @@ from tests.test_docs import (
     assert_output,
     blocks,
     code,
+    included_files,
+    marked,
     start_sidecar,
+    table_rows,
 )
 
 DOC = ROOT / "docs" / "ambassador.md"
@@ -40,33 +43,19 @@ BLOCKS = blocks(DOC)
 PORTS = ("15001", "8001", "8002", "9901")
 
 
-def _marked(prefix: str) -> list[Block]:
-    return [b for b in BLOCKS if b.marker.split(":")[0].strip() == prefix]
 
 
 def _table(marker: str) -> list[list[str]]:
-    """Rows of the table right after `<!-- marker -->` (header and |---| skipped)."""
+    """Rows of the table right after `<!-- marker -->`."""
     lines = _read(DOC)
     [n] = [i for i, line in enumerate(lines) if line == f"<!-- {marker} -->"]
-    rows = []
-    for row in lines[n + 3:]:
-        if not row.startswith("|"):
-            break
-        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip())[1:-1]])
-    return rows
+    return table_rows(lines, n)
 
 
 # --- static checks ----------------------------------------------------------------------------
 
 def test_included_blocks_equal_their_files_and_every_example_is_shown() -> None:
-    included = set()
-    for block in _marked("include"):
-        path = ROOT / block.marker.partition(":")[2].strip()
-        assert block.text == path.read_text(encoding="utf-8"), f"{block.where}: differs from {path}"
-        end = _read(DOC)[block.line + block.text.count("\n") + 1]
-        assert end == "<!-- end include -->", f"{block.where}: no <!-- end include --> after it"
-        included.add(path)
-    assert included == set(EXAMPLES.rglob("*.yaml"))
+    assert included_files(BLOCKS) == set(EXAMPLES.rglob("*.yaml"))
 
 
 def test_every_console_block_is_run() -> None:
@@ -218,7 +207,7 @@ def test_example_configs_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture
 def cast(tmp_path: Path) -> Iterator[Swap]:
     """What the page's `start: ambassador` block starts: two upstreams and the sidecar."""
-    [block] = _marked("start")
+    [block] = marked("start", BLOCKS)
     commands = [[a for a in shlex.split(line) if a != "&"] for line in block.text.splitlines()]
     real = {port: free_port() for port in PORTS}
     procs: list[subprocess.Popen[bytes]] = []
