@@ -90,6 +90,15 @@ class _Msg:
     fields: list[str]
 
 
+def _unused(wanted: str, taken: set[str], sep: str) -> str:
+    """`wanted`, else wanted<sep>2, wanted<sep>3, ...: the first name not taken, now taken."""
+    name, n = wanted, 2
+    while name in taken:
+        name, n = f"{wanted}{sep}{n}", n + 1
+    taken.add(name)
+    return name
+
+
 class _Builder:
     def __init__(self, warnings: list[str]) -> None:
         self.messages: list[_Msg] = []
@@ -123,18 +132,10 @@ class _Builder:
         return name
 
     def _value(self, wanted: str) -> str:
-        name, n = wanted, 2
-        while name in self.value_names:
-            name, n = f"{wanted}_{n}", n + 1
-        self.value_names.add(name)
-        return name
+        return _unused(wanted, self.value_names, "_")  # enum values share the package's scope
 
     def unique(self, name: str) -> str:
-        base, n = name, 2
-        while name in self.names:
-            name, n = f"{base}{n}", n + 1
-        self.names.add(name)
-        return name
+        return _unused(name, self.names, "")
 
     def message(self, wanted: str, typ: Any, where: str, exact: bool = False) -> str:
         key = id(typ)
