@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from legacy_fixtures.upstreams.http_upstream import HttpUpstream
-from tests.harness import free_port
+from tests.harness import free_port, refused, until
 
 
 @pytest.fixture
@@ -412,3 +414,31 @@ def test_caller_leaving_mid_upload_is_no_upstream_failure(sidecars: Any, upstrea
     assert call(port)[:1] == (200,)  # one failure would have opened the breaker
     assert sc.metric_value("adaptercar_circuit_state", route="pay", endpoint=a.address) == 0
     assert not [r for r in sc.log_records() if r.get("event") == "ambassador_error"]
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["supervisor", "single-process"])
+def test_a_call_in_flight_at_sigterm_is_answered_and_new_ones_refused(
+        sidecars: Any, upstreams: Any, single: bool) -> None:
+    """SIGTERM drains the routes as the fronts: the listener closes at once, the proxied call
+    in flight is answered (its bytes flushed before the exit), and the exit status is 0."""
+    slow = upstreams("slow")
+    slow.mode, slow.delay = "slow", 1.5
+    cfg, port = route_config([slow.address], timeout="5s")
+    sc = sidecars(cfg, single_process=single)
+    out: list[Any] = []
+
+    def one() -> None:
+        try:
+            out.append(call(port)[:1])
+        except Exception as e:  # noqa: BLE001 - the outcome is the finding
+            out.append(repr(e))
+
+    t = threading.Thread(target=one)
+    t.start()
+    until(lambda: slow.count() == 1, 5, "the call at the upstream")
+    assert sc.proc is not None
+    sc.proc.send_signal(signal.SIGTERM)
+    until(lambda: refused(port), 3, "the route refusing new connections")
+    assert sc.proc.wait(15) == 0
+    t.join(10)
+    assert out == [(200,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from legacy_fixtures.upstreams.tcp_upstream import TcpUpstream
-from tests.harness import free_port
+from tests.harness import free_port, refused, until
 
 
 @pytest.fixture
@@ -61,3 +62,23 @@ def test_tcp_route_closes_when_nothing_connects(sidecars: Any) -> None:
     sidecars(cfg, single_process=True)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         assert s.recv(10) == b""  # closed, not hung
+
+
+def test_a_spliced_connection_open_at_sigterm_goes_on_until_it_closes(
+        sidecars: Any, tcp_up: TcpUpstream) -> None:
+    """SIGTERM: the route stops listening at once, and a connection already spliced keeps
+    working (within the drain timeout) until its client closes it; then the exit is 0."""
+    port = free_port()
+    cfg = {"admin": {}, "shutdown": {"drain_timeout": "8s"}, "ambassador": [{
+        "name": "legacy", "listen": f"127.0.0.1:{port}", "protocol": "tcp",
+        "upstream": {"static": [tcp_up.address]}, "timeout": "3s"}]}
+    sc = sidecars(cfg, single_process=True)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        assert recv_exact(s, 5) == b"live\n"
+        assert sc.proc is not None
+        sc.proc.send_signal(signal.SIGTERM)
+        until(lambda: refused(port), 3, "the route refusing new connections")
+        s.sendall(b"after the signal")
+        assert recv_exact(s, 16) == b"after the signal"
+        assert sc.proc.poll() is None  # still draining: the connection is open
+    assert sc.proc.wait(10) == 0

@@ -109,6 +109,9 @@ class ProxyResource(resource.Resource):
     def begin(self, request: StreamingRequest, state: _CallState | None = None) -> _CallState:
         """Start the call: at the headers when a body follows, else from `render`."""
         state = request.call = state or _CallState(request.body)
+        drain = self.route.drain
+        drain.enter()  # in flight until answered or its caller left: a stop waits for it
+        self.route.channels.add(request.channel)
         call = state.call = defer.ensureDeferred(self._call(request, state))
         call.addBoth(state.stop_timer)
         call.addErrback(self._failed, request, state)
@@ -123,7 +126,7 @@ class ProxyResource(resource.Resource):
                 state.body.abort()
             call.cancel()
 
-        request.notifyFinish().addCallbacks(answered, left)
+        request.notifyFinish().addCallbacks(answered, left).addBoth(drain.leave)
         return state
 
     def render(self, request: server.Request) -> Any:

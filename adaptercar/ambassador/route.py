@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer
 
 from .. import metrics
 from ..config.schema import split_host_port
+from ..drain import Drain, close_channels
 from ..logs import log
 from .breaker import EndpointBreaker
 from .discovery import Discovery
@@ -30,6 +33,8 @@ def _static(addr: str) -> Endpoint:
 class Route:
     def __init__(self, cfg: Any, reactor: Any, rng: random.Random | None = None) -> None:
         self.cfg = cfg
+        self.drain = Drain()  # proxied calls (HTTP) or spliced connections (TCP) in flight
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()  # HTTP: those that had a call
         self.name: str = cfg.name
         self.reactor = reactor
         self.rng = rng or random.Random()
@@ -110,12 +115,24 @@ class Route:
             self.resolver = RouteResolver(self)
             self.resolver.start()
 
-    def stop(self) -> defer.Deferred[Any]:
+    def stop_listening(self) -> defer.Deferred[Any]:
+        listener, self.listener = self.listener, None
+        return defer.succeed(None) if listener is None else defer.maybeDeferred(listener.stopListening)
+
+    @defer.inlineCallbacks
+    def stop(self, drain_timeout: float) -> Generator[Any, Any, None]:
+        """Stop listening, then let what is in flight finish, up to drain_timeout (the rest is
+        cut when the process exits)."""
+        yield self.stop_listening()
+        idle = self.drain.idle()
+        idle.addTimeout(drain_timeout, self.reactor)
+        try:
+            yield idle
+        except defer.TimeoutError:
+            log.warning("route_drain_timeout", route=self.name, in_flight=self.drain.inflight)
+        yield close_channels(self.channels, self.reactor)  # answers still in a buffer
         if self.resolver is not None:
             self.resolver.stop()
-        if self.listener is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(self.listener.stopListening)
 
     def view(self) -> dict[str, Any]:
         """What `GET /ambassador` shows for this route."""

@@ -12,8 +12,9 @@ from .route import Route
 
 
 class AmbassadorService(service.Service):
-    def __init__(self, routes_cfg: Any, reactor: Any) -> None:
+    def __init__(self, routes_cfg: Any, reactor: Any, drain_timeout: float) -> None:
         self.routes = [Route(r, reactor) for r in routes_cfg]
+        self.drain_timeout = drain_timeout
 
     def startService(self) -> None:  # noqa: N802 - twisted's name
         super().startService()
@@ -23,7 +24,11 @@ class AmbassadorService(service.Service):
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - twisted's name
         super().stopService()
-        return defer.DeferredList([r.stop() for r in self.routes], consumeErrors=True)
+        return defer.DeferredList([r.stop(self.drain_timeout) for r in self.routes], consumeErrors=True)
+
+    def stop_listening(self) -> defer.Deferred[Any]:
+        """Free the routes' ports (for a reload's new routes); their calls go on."""
+        return defer.DeferredList([r.stop_listening() for r in self.routes], consumeErrors=True)
 
     def view(self) -> dict[str, Any]:
         return {"routes": [r.view() for r in self.routes]}

@@ -44,6 +44,7 @@ class _Inbound(protocol.Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         assert self.transport is not None
+        self.route.drain.enter()  # a spliced connection is in flight until it closes
         self.transport.pauseProducing()
         self.call = defer.ensureDeferred(connect(self.route))
         timer = self.route.reactor.callLater(self.route.timeout, self.call.cancel)
@@ -87,6 +88,7 @@ class _Inbound(protocol.Protocol):
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:  # noqa: N802
         self.closed = True
+        self.route.drain.leave()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.loseConnection()
         elif self.call is not None and not self.call.called:

@@ -36,8 +36,8 @@ class Runtime:
         reactor: Any = _reactor
 
         from ..compile import build_set, load_all
+        from ..drain import Drain
         from ..fronts.calls import CurrentSet
-        from .worker import Drain
 
         self.reactor = reactor
         self.config_path = config_path
@@ -121,7 +121,7 @@ class Runtime:
         if role == "ambassador" and cfg.ambassador:
             from ..ambassador.service import AmbassadorService
 
-            return AmbassadorService(cfg.ambassador, self.reactor)
+            return AmbassadorService(cfg.ambassador, self.reactor, _drain_timeout(cfg))
         if role == "companion" and cfg.companion is not None:
             from ..companion.service import CompanionService
 
@@ -144,7 +144,13 @@ class Runtime:
                 continue
             current = getattr(self, role)
             if current is not None:
-                yield defer.maybeDeferred(current.disownServiceParent)
+                if role == "ambassador":
+                    # its ports first, so that a route may keep its port; its calls in flight
+                    # then finish in the background while the new routes serve
+                    yield current.stop_listening()
+                    current.disownServiceParent()
+                else:
+                    yield defer.maybeDeferred(current.disownServiceParent)
                 setattr(self, role, None)
             replacement = self._duty(role, new)
             if replacement is None:

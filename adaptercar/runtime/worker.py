@@ -23,36 +23,12 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
 
+from ..drain import Drain, close_channels
+
 # How long a stopping JSON listener goes on accepting after it refuses new handshakes: those
 # already under way (SYN answered, ACK not yet in) complete meanwhile; loopback and in-cluster
 # round trips are far shorter
 HANDSHAKE_SETTLE = 0.05
-
-
-class Drain:
-    """Counts calls in flight so shutdown can wait for them (bounded by drain_timeout)."""
-
-    def __init__(self) -> None:
-        self.inflight = 0
-        self.waiters: list[defer.Deferred[None]] = []
-
-    def enter(self) -> None:
-        self.inflight += 1
-
-    def leave(self, _: Any = None) -> Any:
-        self.inflight -= 1
-        if self.inflight == 0:
-            waiters, self.waiters = self.waiters, []
-            for w in waiters:
-                w.callback(None)
-        return _
-
-    def idle(self) -> defer.Deferred[None]:
-        if self.inflight == 0:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.waiters.append(d)
-        return d
 
 
 class FrontsThenBackends(service.MultiService):
@@ -356,14 +332,7 @@ class HttpService(service.Service):
             yield drained
         except defer.TimeoutError:
             pass  # drain_timeout passed: what is still running is cut off below
-        for ch in list(self.channels):
-            if ch.transport is not None and ch.transport.connected:
-                ch.loseConnection()
-        # let buffered responses reach their clients, boundedly
-        flush_end = time.monotonic() + 1.0
-        while time.monotonic() < flush_end and any(
-                ch.transport is not None and ch.transport.connected for ch in list(self.channels)):
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield close_channels(self.channels, reactor)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
