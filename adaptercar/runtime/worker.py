@@ -213,12 +213,11 @@ class HttpService(service.Service):
         self.drain = drain
         self.drain_timeout = drain_timeout
         self.what = f"the JSON front on {listen}"
-        self.inflight = 0
+        self.requests = Drain()  # requests from fully received to finished (or client gone)
         # every connection, from its accept: one closed with a request still unread in its
         # socket buffer is reset, so a drain must tell a fresh one from an idle keep-alive one
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self.used: weakref.WeakSet[Any] = weakref.WeakSet()  # those that began a request
-        self.idle_waiters: list[defer.Deferred[None]] = []
         self._track_requests()
 
     def _track_requests(self) -> None:
@@ -240,7 +239,7 @@ class HttpService(service.Service):
             _counted = False
 
             def process(self) -> Any:
-                svc.inflight += 1
+                svc.requests.enter()
                 self._counted = True
                 svc.used.add(self.channel)
                 return super().process()
@@ -248,7 +247,7 @@ class HttpService(service.Service):
             def _done(self) -> None:
                 if self._counted:
                     self._counted = False
-                    svc.request_done()
+                    svc.requests.leave()
 
             def finish(self) -> Any:
                 try:
@@ -263,20 +262,6 @@ class HttpService(service.Service):
                     self._done()
 
         self.site.requestFactory = Tracked
-
-    def request_done(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0 and self.idle_waiters:
-            waiters, self.idle_waiters = self.idle_waiters, []
-            for w in waiters:
-                w.callback(None)
-
-    def _requests_idle(self) -> defer.Deferred[None]:
-        if self.inflight == 0:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.idle_waiters.append(d)
-        return d
 
     def startService(self) -> None:
         from twisted.internet import reactor as _reactor
@@ -326,7 +311,7 @@ class HttpService(service.Service):
             ch.persistent = False  # busy ones close once their response is written
             if not ch.requests:
                 ch.loseConnection()  # idle keep-alive, or silent past the wait above
-        drained = defer.DeferredList([self._requests_idle(), self.drain.idle()])
+        drained = defer.DeferredList([self.requests.idle(), self.drain.idle()])
         drained.addTimeout(self.drain_timeout, reactor)
         try:
             yield drained
